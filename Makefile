@@ -1,0 +1,35 @@
+# One-command set-up: every target that needs Python depends on the venv stamp.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.installed
+# torch 2.13.0 CPU build lies on this machine's disk; installing it first keeps pip from
+# resolving `torch<2.14` to a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/vae-deploy train --out runs/demo/ckpt.pt
+
+test: install
+	$(PYTHON) -m pytest -q -m "not slow"
+
+test-all: install
+	$(PYTHON) -m pytest -q
+
+lint: install
+	$(BIN)/ruff check vae_deploy tests bench
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

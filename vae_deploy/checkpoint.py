@@ -1,0 +1,157 @@
+"""The checkpoint format: a plain dict that ``torch.load(weights_only=True)`` can read.
+
+    {"format": {"name": "vae-deploy-checkpoint", "version": 1},
+     "config": {...VAEConfig as JSON types...},
+     "state_dict": {name: tensor},
+     "meta": {"data": DataSpec, "train": {...}, "metrics": {...}, "versions": {...}}}
+
+No pickled classes or functions: loading never runs code, and a file that tries to is
+refused with a clear error before anything in it executes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vae_deploy.errors import CheckpointError, ConfigError
+from vae_deploy.model import VAE, VAEConfig
+
+FORMAT_NAME = "vae-deploy-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    config: VAEConfig
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    sha256: str | None = None
+
+    def build_model(self) -> VAE:
+        """A VAE in eval mode with the checkpoint's weights."""
+        model = VAE(self.config)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint weights do not fit its config: {e}") from None
+        return model.eval()
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import onnx
+    import onnxruntime
+
+    from vae_deploy import __version__
+
+    return {
+        "vae_deploy": __version__,
+        "torch": str(torch.__version__),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path, model: VAE, meta: dict[str, Any] | None = None
+) -> Path:
+    """Save atomically; the file never holds anything but tensors and JSON types."""
+    path = Path(path)
+    payload = {
+        "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": {"versions": library_versions(), **(meta or {})},
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load and validate a checkpoint; any problem becomes one ``CheckpointError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    if not zipfile.is_zipfile(p):
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is damaged, truncated or not a PyTorch file "
+            f"(expected the zip archive torch.save writes, got {p.stat().st_size} bytes that are not one)"
+        )
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message names the offending global after a long preamble; keep that part.
+        detail = [ln for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} was refused without being run: it holds objects other than "
+            f"tensors and plain data, which could execute code when loaded"
+            + (f" ({detail[0].strip()})" if detail else "")
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is damaged or not a PyTorch file ({first})"
+        ) from None
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is not a vae-deploy checkpoint: expected a dict with a 'format' "
+            f"entry, got {type(obj).__name__}"
+            + (f" with keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else "")
+        )
+    fmt = obj["format"]
+    if not isinstance(fmt, dict) or fmt.get("name") != FORMAT_NAME:
+        raise CheckpointError(f"checkpoint {str(p)!r} has format {fmt!r}, expected name {FORMAT_NAME!r}")
+    if fmt.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} has format version {fmt.get('version')!r}; this vae-deploy reads "
+            f"version {FORMAT_VERSION}"
+        )
+    for key, typ in (("config", dict), ("state_dict", dict), ("meta", dict)):
+        if not isinstance(obj.get(key), typ):
+            raise CheckpointError(f"checkpoint {str(p)!r}: entry {key!r} missing or not a {typ.__name__}")
+    try:
+        config = VAEConfig.from_dict(obj["config"])
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {str(p)!r} has an invalid config: {e}") from None
+    sd = obj["state_dict"]
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(p)!r}: state_dict entries are not tensors: {bad[:5]}")
+    ckpt = Checkpoint(config, sd, obj["meta"], path=p.resolve(), sha256=file_sha256(p))
+    ckpt.build_model()  # validates that the weights fit the config
+    return ckpt

@@ -1,0 +1,31 @@
+"""Typed errors: the CLI turns every ``VaeDeployError`` into one clear line, not a traceback."""
+
+from __future__ import annotations
+
+
+class VaeDeployError(Exception):
+    """Base class for errors a user can fix (bad input, bad file, bad option)."""
+
+
+class ConfigError(VaeDeployError, ValueError):
+    """An invalid model or export configuration."""
+
+
+class DataError(VaeDeployError, ValueError):
+    """A dataset that cannot be used as given."""
+
+
+class CheckpointError(VaeDeployError, ValueError):
+    """A checkpoint that is missing, damaged, foreign or unsafe."""
+
+
+class ExportError(VaeDeployError, RuntimeError):
+    """An export that failed; the output folder was left as it was."""
+
+
+class ArtifactError(VaeDeployError, ValueError):
+    """An export folder that is incomplete, tampered with or inconsistent."""
+
+
+class ParityError(VaeDeployError, AssertionError):
+    """Backends disagree beyond tolerance."""
