@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/vae-deploy train --out runs/demo/ckpt.pt
+	$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export
+	$(BIN)/vae-deploy verify export --json runs/demo/verify.json
+	$(BIN)/vae-deploy sample export -n 64 --seed 0 --out runs/demo/samples.npy --grid runs/demo/samples.png
+	@echo "demo done: checkpoint runs/demo/ckpt.pt, export/ (see export/README.md), samples runs/demo/samples.png"
 
 test: install
 	$(PYTHON) -m pytest -q -m "not slow"
