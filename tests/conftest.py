@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny seeded models and checkpoints, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vae_deploy.checkpoint import save_checkpoint
+from vae_deploy.data import load_dataset
+from vae_deploy.model import VAE, VAEConfig
+
+TINY = {
+    "mlp": VAEConfig(family="mlp", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,)),
+    "conv": VAEConfig(family="conv", input_shape=(1, 8, 8), latent_dim=4, hidden=(4, 8, 16)),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(TINY[family]).eval()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpts(tmp_path_factory, digits) -> dict[str, Path]:
+    """A seeded, briefly trained checkpoint per family (trained so outputs are not trivial)."""
+    from vae_deploy.train import TrainConfig, checkpoint_meta, train
+
+    out = {}
+    root = tmp_path_factory.mktemp("ckpts")
+    for family, cfg in TINY.items():
+        tcfg = TrainConfig(epochs=2, batch_size=256, seed=0)
+        result = train(cfg, digits, tcfg, progress=False)
+        out[family] = save_checkpoint(root / f"{family}.pt", result.model, checkpoint_meta(digits, tcfg, result))
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
