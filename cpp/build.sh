@@ -18,7 +18,7 @@ done
 
 root="${ONNXRUNTIME_ROOT:-}"
 if [[ -z "$root" ]]; then
-    "$here/get-onnxruntime.sh"
+    "$here/get-onnxruntime.sh" || exit $?   # 3: headers could not be fetched
     root="$here/third_party/onnxruntime"
 fi
 

@@ -24,6 +24,8 @@
 #   ORT_DEB_SUITES  Debian suites to try, in order (default: "trixie forky sid")
 #   ORT_DEB_MIRROR  Debian mirror URI (default: the one this machine's apt sources use)
 #   ORT_DEB_KEYRING keyring that verifies the suite (default: Debian's archive keyring)
+#
+# Exit status: 0 ready, 3 the headers could not be fetched, 1 any other failure.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +35,8 @@ suites="${ORT_DEB_SUITES:-trixie forky sid}"
 keyring="${ORT_DEB_KEYRING:-/usr/share/keyrings/debian-archive-keyring.gpg}"
 
 die() { echo "get-onnxruntime.sh: error: $*" >&2; exit 1; }
+# Exit status 3: the headers could not be fetched (no apt, no mirror, no network, no package).
+die_fetch() { echo "get-onnxruntime.sh: error: cannot fetch the ONNX Runtime headers: $*" >&2; exit 3; }
 say() { echo "get-onnxruntime.sh: $*" >&2; }
 
 # --- 1. the library: the onnxruntime wheel's libonnxruntime.so.1.x -----------------------
@@ -80,11 +84,11 @@ debian_mirror() {
 
 fetch_headers() {
     command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null \
-        || die "apt-get/dpkg-deb not found: this script fetches the headers on Debian-like systems only;
+        || die_fetch "apt-get/dpkg-deb not found: this script fetches the headers on Debian-like systems only;
   elsewhere download an official ONNX Runtime release and build with ONNXRUNTIME_ROOT=<its folder>"
     local mirror="${ORT_DEB_MIRROR:-}"
     [[ -n "$mirror" ]] || mirror="$(debian_mirror | head -n1)"
-    [[ -n "$mirror" ]] || die "found no Debian mirror in /etc/apt/sources.list{,.d/*}; set ORT_DEB_MIRROR"
+    [[ -n "$mirror" ]] || die_fetch "found no Debian mirror in /etc/apt/sources.list{,.d/*}; set ORT_DEB_MIRROR"
     local signed=""
     [[ -r "$keyring" ]] && signed="[signed-by=$keyring] "
 
@@ -116,10 +120,10 @@ fetch_headers() {
     done
     local deb
     deb="$(find "$tmp/deb" -name 'libonnxruntime-dev_*.deb' | head -n1)"
-    [[ -n "$deb" ]] || die "could not download libonnxruntime-dev from any of: $suites (mirror $mirror)"
+    [[ -n "$deb" ]] || die_fetch "could not download libonnxruntime-dev from any of: $suites (mirror $mirror)"
     dpkg-deb -x "$deb" "$tmp/x"
     [[ -f "$tmp/x/usr/include/onnxruntime/onnxruntime_cxx_api.h" ]] \
-        || die "$(basename "$deb") has no usr/include/onnxruntime/onnxruntime_cxx_api.h"
+        || die_fetch "$(basename "$deb") has no usr/include/onnxruntime/onnxruntime_cxx_api.h"
     rm -rf "$dest/include"
     mkdir -p "$dest/include"
     cp -R "$tmp/x/usr/include/onnxruntime/." "$dest/include/"
