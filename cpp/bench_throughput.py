@@ -73,10 +73,16 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; onnxruntime {ort.__version__}; "
           f"model {props.get('vae_deploy.family', '?')} latent {latent_shape}; batch {args.batch}, "
           f"threads {args.threads}, {args.blocks} blocks x {args.repeat} rounds")  # fmt: skip
-    print(f"C++    median {c * 1e3:8.4f} ms/batch  {args.batch / c:12.0f} samples/s  (blocks: "
-          + ", ".join(f"{args.batch / t:.0f}" for t in cpp) + ")")
-    print(f"Python median {q * 1e3:8.4f} ms/batch  {args.batch / q:12.0f} samples/s  (blocks: "
-          + ", ".join(f"{args.batch / t:.0f}" for t in py) + ")")
+    print(
+        f"C++    median {c * 1e3:8.4f} ms/batch  {args.batch / c:12.0f} samples/s  (blocks: "
+        + ", ".join(f"{args.batch / t:.0f}" for t in cpp)
+        + ")"
+    )
+    print(
+        f"Python median {q * 1e3:8.4f} ms/batch  {args.batch / q:12.0f} samples/s  (blocks: "
+        + ", ".join(f"{args.batch / t:.0f}" for t in py)
+        + ")"
+    )
     print(f"C++ / Python throughput: {q / c:.2f}x")
 
 

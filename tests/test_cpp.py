@@ -417,6 +417,12 @@ def test_grid_needs_an_image_model(vae_sample, tmp_path):
     assert r.returncode == 1 and "--grid needs an image model" in r.stderr, r.stderr
 
 
+def test_info_lists_metadata_and_runtime(vae_sample, exports):
+    out = run_cpp(vae_sample, "--model", exports["spatial"], "--info").stdout
+    assert f"onnxruntime {ort.__version__}" in out  # the very library the wheel ships
+    assert "vae_deploy.latent_shape = 2,4,4" in out and "vae_deploy.role = encoder" in out
+
+
 # --- memory --------------------------------------------------------------------------------------
 
 
