@@ -1,0 +1,206 @@
+"""The backend interface every way of running a VAE shares: numpy in, numpy out.
+
+``Backend`` owns what must behave identically everywhere (input validation with clear
+errors, casting, chunking by ``max_batch``, host-side noise for sampling and the
+reparameterisation); subclasses only run one chunk. ``Runtime`` (onnxruntime) is one;
+``TorchBackend`` runs eager modules or TorchScript files for parity and benchmarks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_deploy.exporters.spec import ExportSpec
+
+
+def _fmt(shape: Sequence[int]) -> str:
+    return "[" + ", ".join("?" if s < 0 else str(s) for s in shape) + "]"
+
+
+class Backend:
+    """Base: validation, chunking, sampling. Subclasses implement ``_encode`` / ``_decode``."""
+
+    name = "backend"
+
+    def __init__(self, spec: ExportSpec, *, max_batch: int = 1024, check_finite: bool = True) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.spec = spec
+        self.input_shape: tuple[int, ...] = tuple(spec.input_shape)
+        self.latent_shape: tuple[int, ...] = tuple(spec.latent_shape)
+        self.max_batch = max_batch
+        self.check_finite = check_finite
+        self._rng = np.random.default_rng()
+        self._rng_lock = threading.Lock()
+
+    # --- what subclasses provide: one chunk of at most max_batch, validated float32 -------
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _decode(self, z: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    # --- public API ----------------------------------------------------------------------
+    def encode(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
+        """x ``[N, *input_shape]`` (or one example) -> (mu, logvar) ``[N, *latent_shape]``."""
+        x, single = self._prepare(x, self.input_shape, "x")
+        mu, logvar = self._chunked(self._encode, x, 2)
+        return (mu[0], logvar[0]) if single else (mu, logvar)
+
+    def decode(self, z: Any) -> np.ndarray:
+        """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``."""
+        z, single = self._prepare(z, self.latent_shape, "z")
+        (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        return x_hat[0] if single else x_hat
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """Draw ``n`` samples: z ~ N(0, I) in the host (seeded: reproducible), then decode."""
+        z = self.noise((n, *self.latent_shape), seed)
+        (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        return x_hat
+
+    def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None) -> np.ndarray:
+        """Decode the posterior mean (default) or a reparameterised posterior sample."""
+        x, single = self._prepare(x, self.input_shape, "x")
+        mu, logvar = self._chunked(self._encode, x, 2)
+        z = mu
+        if sample:
+            z = (mu + np.exp(0.5 * logvar) * self.noise(mu.shape, seed)).astype(np.float32)
+        (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        return x_hat[0] if single else x_hat
+
+    def noise(self, shape: Sequence[int], seed: int | None = None) -> np.ndarray:
+        """Standard normal float32 noise, drawn directly in float32 (no float64 detour)."""
+        n = shape[0] if shape else 0
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        if seed is not None:
+            return np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
+        with self._rng_lock:
+            return self._rng.standard_normal(tuple(shape), dtype=np.float32)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _chunked(self, fn, a: np.ndarray, n_out: int) -> list[np.ndarray]:
+        n = a.shape[0]
+        if 0 < n <= self.max_batch:
+            return list(fn(a))
+        if n == 0:
+            return list(self._empty_outputs(fn, a, n_out))
+        outs: list[np.ndarray] | None = None
+        for start in range(0, n, self.max_batch):
+            res = fn(a[start : start + self.max_batch])
+            if outs is None:
+                outs = [np.empty((n, *r.shape[1:]), dtype=r.dtype) for r in res]
+            for o, r in zip(outs, res):
+                o[start : start + r.shape[0]] = r
+        assert outs is not None
+        return outs
+
+    def _empty_outputs(self, fn, a: np.ndarray, n_out: int) -> list[np.ndarray]:
+        # Run one dummy row to learn the output shapes (they may depend on dynamic axes).
+        res = fn(np.zeros((1, *a.shape[1:]), dtype=np.float32))
+        return [np.empty((0, *r.shape[1:]), dtype=r.dtype) for r in res]
+
+    def _prepare(self, a: Any, item_shape: tuple[int, ...], name: str) -> tuple[np.ndarray, bool]:
+        """Validate and convert; returns (float32 C-contiguous batch, was-a-single-example)."""
+        if (
+            type(a) is np.ndarray
+            and a.dtype == np.float32
+            and a.ndim == len(item_shape) + 1
+            and a.shape[1:] == item_shape
+            and a.flags.c_contiguous
+        ):
+            if self.check_finite and not np.isfinite(a).all():
+                self._raise_not_finite(a, name)
+            return a, False
+        return self._prepare_slow(a, item_shape, name)
+
+    def _prepare_slow(self, a: Any, item_shape: tuple[int, ...], name: str) -> tuple[np.ndarray, bool]:
+        try:
+            arr = np.asarray(a)
+        except Exception as e:
+            raise ValueError(f"{name}: expected a numeric array, got {type(a).__name__} ({e})") from None
+        if arr.dtype.kind not in "fiu" or arr.dtype.kind == "c":
+            raise ValueError(
+                f"{name}: expected a real numeric array (float32 preferred; float16/float64/int are cast to "
+                f"float32), got dtype {arr.dtype}"
+            )
+        expected = f"[N, {_fmt(item_shape)[1:-1]}]"
+        single = arr.ndim == len(item_shape) and _matches(arr.shape, item_shape)
+        if single:
+            arr = arr[None]
+        elif not (arr.ndim == len(item_shape) + 1 and _matches(arr.shape[1:], item_shape)):
+            raise ValueError(
+                f"{name}: expected shape {expected} (or {_fmt(item_shape)} for one example), got {list(arr.shape)}"
+            )
+        # The cast is float32's round-to-nearest; float64 values beyond float32's range become inf
+        # and are caught by the finiteness check below.
+        with np.errstate(over="ignore"):
+            arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if self.check_finite and not np.isfinite(arr).all():
+            self._raise_not_finite(arr, name)
+        return arr, single
+
+    @staticmethod
+    def _raise_not_finite(a: np.ndarray, name: str) -> None:
+        bad = ~np.isfinite(a)
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name}: expected finite values, got {int(bad.sum())} NaN/Inf (first at index {first}, shape "
+            f"{list(a.shape)}); pass check_finite=False to skip this check"
+        )
+
+    def close(self) -> None:  # pragma: no cover - nothing to release by default
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _matches(shape: Sequence[int], item_shape: Sequence[int]) -> bool:
+    return len(shape) == len(item_shape) and all(e < 0 or s == e for s, e in zip(shape, item_shape))
+
+
+class TorchBackend(Backend):
+    """Eager torch modules or TorchScript files behind the same API (parity, benchmarks)."""
+
+    def __init__(self, encoder, decoder, spec: ExportSpec, *, name: str = "torch", threads: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(spec, **kwargs)
+        import torch
+
+        self._torch = torch
+        self.encoder = encoder.eval() if hasattr(encoder, "eval") else encoder
+        self.decoder = decoder.eval() if hasattr(decoder, "eval") else decoder
+        self.name = name
+        if threads:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def from_torchscript(cls, folder: str | Path, **kwargs: Any) -> TorchBackend:
+        import torch
+
+        from vae_deploy.exporters.manifest import load_manifest, spec_from_manifest
+
+        folder = Path(folder)
+        manifest = load_manifest(folder, only=["encoder.ts", "decoder.ts"])
+        enc = torch.jit.load(str(folder / "encoder.ts"), map_location="cpu")
+        dec = torch.jit.load(str(folder / "decoder.ts"), map_location="cpu")
+        return cls(enc, dec, spec_from_manifest(manifest), name="torchscript", **kwargs)
+
+    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._torch.inference_mode():
+            mu, logvar = self.encoder(self._torch.from_numpy(x))
+        return mu.numpy(), logvar.numpy()
+
+    def _decode(self, z: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.decoder(self._torch.from_numpy(z)).numpy()

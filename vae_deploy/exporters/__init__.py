@@ -1,0 +1,206 @@
+"""``export()``: a model in, a verified, checksummed export folder out, atomically.
+
+Everything is written into a temporary sibling folder; only when every graph exported,
+passed ``onnx.checker`` and (unless ``verify=False``) matched the eager model does that
+folder replace ``out_dir``. Files in ``out_dir`` that are not export artifacts (a tracked
+README, say) are carried over.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vae_deploy.errors import ExportError
+from vae_deploy.exporters.manifest import MANIFEST, build_manifest, file_entry, write_manifest
+from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, export_onnx
+from vae_deploy.exporters.spec import Exportable, ExportSpec
+from vae_deploy.exporters.torchscript import TORCHSCRIPT_METHOD, export_torchscript
+
+FORMATS = ("onnx", "torchscript")
+VERIFY_BATCH_SIZES = (1, 37)
+_ARTIFACT = re.compile(r"^(encoder|decoder)(\.[\w-]+)?\.(onnx|ts)$")
+
+__all__ = ["ExportResult", "export", "FORMATS"]
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    parity_reports: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n: int = 256) -> tuple[np.ndarray, str]:
+    """Real examples to check the encoder on: the training data's test split when known."""
+    if spec.data_spec:
+        from vae_deploy.data import dataset_from_spec
+
+        try:
+            ds = dataset_from_spec(spec.data_spec, bernoulli=spec.likelihood == "bernoulli")
+            s = spec.data_spec
+            return ds.test, f"test split of {s['name']!r} (seed {s['seed']}, fraction {s['test_fraction']})"
+        except Exception as e:  # the data may be gone on this machine: fall through, but say so
+            note = f" (training data unavailable: {e})"
+    else:
+        note = ""
+    shape = [d if d > 0 else 16 for d in spec.input_shape]
+    rng = np.random.default_rng(0)
+    return rng.random((n, *shape), dtype=np.float32), f"uniform [0, 1) random inputs, seed 0{note}"
+
+
+def export(
+    model_or_ckpt: Any,
+    out_dir: str | Path = "export",
+    *,
+    formats: Sequence[str] = FORMATS,
+    opset: int = DEFAULT_OPSET,
+    verify: bool = True,
+    batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
+    example_input: torch.Tensor | None = None,
+) -> ExportResult:
+    """Export the encoder and decoder, verify them against eager, write the manifest."""
+    from vae_deploy.adapters import to_exportable
+
+    start = time.perf_counter()
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ExportError(f"unknown export format(s) {bad or list(formats)}; expected some of {FORMATS}")
+    exp = to_exportable(model_or_ckpt, example_input)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {str(out)!r} exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ExportError(f"cannot write to {str(out.parent)!r}: {e}") from None
+    try:
+        files = _write_graphs(exp, tmp, formats, opset)
+        reports = _verify(exp, tmp, formats, batch_sizes) if verify else []
+        parity = _parity_summary(reports, batch_sizes) if verify else None
+        export_info = {
+            "opset": opset if "onnx" in formats else None,
+            "onnx_exporter": EXPORTER_NAME if "onnx" in formats else None,
+            "torchscript": TORCHSCRIPT_METHOD if "torchscript" in formats else None,
+            "formats": list(formats),
+            "verified": verify,
+        }
+        manifest = build_manifest(exp.spec, files, export_info, parity)
+        write_manifest(tmp, manifest)
+        _carry_over_foreign_files(out, tmp)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, manifest, reports, time.perf_counter() - start)
+
+
+def _write_graphs(exp: Exportable, folder: Path, formats: Sequence[str], opset: int) -> dict[str, dict[str, Any]]:
+    spec = exp.spec
+    files: dict[str, dict[str, Any]] = {}
+    dyn_x = _dynamic_dims(spec.input_shape, spec.dynamic_axes)
+    dyn_z = _dynamic_dims(spec.latent_shape, spec.dynamic_axes)
+    if "onnx" in formats:
+        export_onnx(exp.encoder, exp.example_x, folder / "encoder.onnx", input_name="x",
+                    output_names=["mu", "logvar"], dynamic_dims=dyn_x, metadata=spec.metadata("encoder"), opset=opset)
+        export_onnx(exp.decoder, exp.example_z, folder / "decoder.onnx", input_name="z",
+                    output_names=["x_hat"], dynamic_dims=dyn_z, metadata=spec.metadata("decoder"), opset=opset)
+        files["encoder.onnx"] = file_entry(folder / "encoder.onnx", role="encoder", fmt="onnx")
+        files["decoder.onnx"] = file_entry(folder / "decoder.onnx", role="decoder", fmt="onnx")
+    if "torchscript" in formats:
+        export_torchscript(exp.encoder, exp.example_x, folder / "encoder.ts", "encoder")
+        export_torchscript(exp.decoder, exp.example_z, folder / "decoder.ts", "decoder")
+        files["encoder.ts"] = file_entry(folder / "encoder.ts", role="encoder", fmt="torchscript")
+        files["decoder.ts"] = file_entry(folder / "decoder.ts", role="decoder", fmt="torchscript")
+    return files
+
+
+def _dynamic_dims(item_shape: Sequence[int], axes: Sequence[str]) -> dict[int, str]:
+    """Axis 0 is the batch; per-example axes marked -1 take the next names in ``axes``."""
+    dims = {0: axes[0] if axes else "batch"}
+    names = iter(axes[1:])
+    for i, d in enumerate(item_shape, start=1):
+        if d < 0:
+            dims[i] = next(names, f"dim{i}")
+    return dims
+
+
+def _verify(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: Sequence[int]) -> list[dict[str, Any]]:
+    """Parity of every written graph against eager; raises ExportError on any failure."""
+    from vae_deploy.backends import TorchBackend
+    from vae_deploy.parity import compare_backends, format_report
+    from vae_deploy.runtime import Runtime
+
+    x_data, described = verification_data(exp.spec, exp.example_x)
+    eager = TorchBackend(exp.encoder, exp.decoder, exp.spec, name="eager")
+    candidates = []
+    if "onnx" in formats:
+        candidates.append(Runtime(folder / "encoder.onnx", folder / "decoder.onnx", exp.spec, provider="cpu"))
+    if "torchscript" in formats:
+        enc = torch.jit.load(str(folder / "encoder.ts"))
+        dec = torch.jit.load(str(folder / "decoder.ts"))
+        candidates.append(TorchBackend(enc, dec, exp.spec, name="torchscript"))
+    reports = [compare_backends(eager, c, x_data, batch_sizes=batch_sizes, data_description=described)
+               for c in candidates]
+    failed = [r for r in reports if not r["summary"]["passed"]]
+    if failed:
+        raise ExportError("exported graphs disagree with the eager model; nothing was written:\n"
+                          + "\n".join(format_report(r) for r in failed))
+    return reports
+
+
+def _parity_summary(reports: list[dict[str, Any]], batch_sizes: Sequence[int]) -> dict[str, Any]:
+    return {
+        "passed": all(r["summary"]["passed"] for r in reports),
+        "max_abs_error": max((r["summary"]["max_abs_error"] for r in reports), default=0.0),
+        "batch_sizes": list(batch_sizes),
+        "backends": {
+            r["candidate"]: {
+                "reference": r["reference"], "precision": r["precision"], "tolerance": r["tolerance"],
+                **{k: r["summary"][k] for k in ("passed", "max_abs_error", "worst", "elbo_rel_diff", "n_cases")},
+            }
+            for r in reports
+        },
+        "inputs": reports[0]["inputs"] if reports else {},
+    }
+
+
+def _carry_over_foreign_files(out: Path, tmp: Path) -> None:
+    """Keep what the user put in ``out`` (not our artifacts) across the swap."""
+    if not out.is_dir():
+        return
+    for p in out.iterdir():
+        if p.name == MANIFEST or _ARTIFACT.match(p.name) or (tmp / p.name).exists():
+            continue
+        if p.is_dir():
+            shutil.copytree(p, tmp / p.name, symlinks=True)
+        else:
+            shutil.copy2(p, tmp / p.name, follow_symlinks=False)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Two renames on one filesystem; the old folder is removed only after the new one is in place."""
+    os.chmod(tmp, 0o755)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
+        os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old, out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)

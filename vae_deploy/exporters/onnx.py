@@ -1,0 +1,122 @@
+"""ONNX exporter: one self-contained graph per half, dynamic batch axis, contract metadata.
+
+We use torch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``), the default
+and maintained path in this torch; the TorchScript-based one is deprecated. Its graph
+optimiser already folds constants, so the files are small and clean. Every file is run
+through ``onnx.checker`` (full check) and strict shape inference, and refused if it holds
+a random operator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from vae_deploy.errors import ExportError
+from vae_deploy.exporters._quiet import quiet_torch
+
+EXPORTER_NAME = "torch.onnx.export(dynamo=True)"
+DEFAULT_OPSET = 18
+RANDOM_OPS = frozenset(
+    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+)
+
+
+def export_onnx(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    *,
+    input_name: str,
+    output_names: Sequence[str],
+    dynamic_dims: dict[int, str],
+    metadata: dict[str, str],
+    opset: int = DEFAULT_OPSET,
+) -> onnx.ModelProto:
+    """Export ``module(example)`` to ``path`` and return the checked model.
+
+    ``dynamic_dims`` maps input axes to names (``{0: "batch"}``); every output axis that
+    depends on them becomes dynamic too.
+    """
+    dims = {axis: torch.export.Dim(name, min=1) for axis, name in dynamic_dims.items()}
+    with quiet_torch() as log:
+        try:
+            torch.onnx.export(
+                module.eval(),
+                (example,),
+                str(path),
+                input_names=[input_name],
+                output_names=list(output_names),
+                dynamic_shapes={input_name: dims} if dims else None,
+                opset_version=opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as e:  # the exporter raises many types; keep its log for the user
+            tail = "\n".join(log.getvalue().strip().splitlines()[-8:])
+            raise ExportError(f"ONNX export of the {metadata.get('vae_deploy.role', 'model')} failed: "
+                              f"{type(e).__name__}: {e}" + (f"\nexporter log:\n{tail}" if tail else "")) from e
+    model = onnx.load(str(path))
+    _rename_dynamic_dims(model, dynamic_dims)
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    from vae_deploy import __version__
+
+    model.producer_name = "vae-deploy"
+    model.producer_version = __version__
+    model.doc_string = f"vae-deploy {metadata.get('vae_deploy.role', '')} (see export/README.md for the contract)"
+    check_model(model, where=str(path))
+    onnx.save(model, str(path))
+    return model
+
+
+def _rename_dynamic_dims(model: onnx.ModelProto, dynamic_dims: dict[int, str]) -> None:
+    """Give the batch axis the same name on every input and output (the exporter's own
+    symbols, e.g. ``s0``, mean nothing to a consumer)."""
+    inp = model.graph.input[0].type.tensor_type.shape.dim
+    renames = {inp[axis].dim_param: name for axis, name in dynamic_dims.items() if inp[axis].dim_param}
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in renames:
+                d.dim_param = renames[d.dim_param]
+
+
+def random_ops(model: onnx.ModelProto) -> list[str]:
+    """Random operators anywhere in the model, functions and subgraphs included."""
+    found: list[str] = []
+
+    def walk(nodes) -> None:
+        for node in nodes:
+            if node.op_type in RANDOM_OPS:
+                found.append(node.op_type)
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    walk(attr.g.node)
+                for g in attr.graphs:
+                    walk(g.node)
+
+    walk(model.graph.node)
+    for fn in model.functions:
+        walk(fn.node)
+    return found
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """onnx.checker (full), strict shape inference, and the no-randomness rule."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as e:
+        raise ExportError(f"{where}: the exported ONNX graph is invalid: {e}") from e
+    rnd = random_ops(model)
+    if rnd:
+        raise ExportError(
+            f"{where}: the exported graph contains random operators {sorted(set(rnd))}; noise must be drawn "
+            "in the host (z = mu + exp(0.5 * logvar) * eps), not inside a graph"
+        )

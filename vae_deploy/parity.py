@@ -1,0 +1,284 @@
+"""Parity between backends, reported the way Polygraphy does it.
+
+For each graph, input kind and batch size, every output is compared element-wise: max, mean,
+median and p99 of the absolute and relative errors, the worst element's index and values,
+NaN/Inf counts on both sides, and the smallest tolerances that would have passed. An element
+passes when ``|cand - ref| <= atol + rtol * |ref|`` (numpy's ``allclose`` rule) and NaN/Inf
+appear in the same places on both sides.
+
+The export-time check (``vae-deploy export``) and ``vae-deploy verify`` both call
+:func:`compare_backends`, so there is one definition of "agrees".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from vae_deploy.backends import Backend
+
+SCHEMA = "vae-deploy-parity/1"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    # Relative agreement required of the test-set negative ELBO computed through each backend.
+    elbo_rtol: float = 1e-4
+
+
+# fp32: both sides compute the same maths in float32; differences come only from kernel
+# order, a few ulps. fp16 variants carry ~3 decimal digits; int8 variants quantise weights and
+# activations to 256 levels, so their element-wise bound is loose and their real cost is judged
+# on the ELBO (see docs in README "Precision variants").
+DEFAULT_TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
+    "fp16": Tolerance(atol=5e-3, rtol=1e-2, elbo_rtol=5e-3),
+    "int8": Tolerance(atol=2e-2, rtol=5e-2, elbo_rtol=1e-2),
+}
+
+
+def compare_arrays(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    """Error statistics of ``out`` against ``ref`` and the pass/fail verdict."""
+    ref = np.asarray(ref, dtype=np.float64)
+    out = np.asarray(out, dtype=np.float64)
+    stats: dict[str, Any] = {"shape": list(ref.shape)}
+    if ref.shape != out.shape:
+        stats.update(passed=False, error=f"shape mismatch: reference {list(ref.shape)}, candidate {list(out.shape)}")
+        return stats
+    nonfinite = {
+        "nan_ref": int(np.isnan(ref).sum()), "inf_ref": int(np.isinf(ref).sum()),
+        "nan_out": int(np.isnan(out).sum()), "inf_out": int(np.isinf(out).sum()),
+    }
+    same_nonfinite = bool(
+        np.array_equal(np.isnan(ref), np.isnan(out))
+        and np.array_equal(np.where(np.isinf(ref), ref, 0.0), np.where(np.isinf(out), out, 0.0))
+    )
+    finite = np.isfinite(ref) & np.isfinite(out)
+    absd = np.where(finite, np.abs(out - ref), 0.0)
+    scale = np.abs(ref)
+    reld = np.where(finite, absd / np.maximum(scale, np.finfo(np.float32).tiny), 0.0)
+    if absd.size == 0:
+        absd = reld = np.zeros(1)
+    worst = np.unravel_index(int(np.argmax(absd)), ref.shape) if ref.size else ()
+    # smallest atol at the configured rtol, and smallest rtol at the configured atol
+    need_atol = float(np.max(np.maximum(absd - tol.rtol * scale, 0.0))) if ref.size else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need_rtol_el = np.where(absd > tol.atol, (absd - tol.atol) / scale, 0.0)
+    need_rtol = float(np.max(need_rtol_el)) if ref.size else 0.0
+    passed = bool(same_nonfinite and np.all(absd <= tol.atol + tol.rtol * scale))
+    stats.update(
+        max_abs=float(absd.max()), mean_abs=float(absd.mean()), median_abs=float(np.median(absd)),
+        p99_abs=float(np.percentile(absd, 99)),
+        max_rel=float(reld.max()), mean_rel=float(reld.mean()), median_rel=float(np.median(reld)),
+        p99_rel=float(np.percentile(reld, 99)),
+        worst_index=[int(i) for i in worst],
+        worst_ref=float(ref[worst]) if ref.size else None, worst_out=float(out[worst]) if ref.size else None,
+        **nonfinite,
+        min_atol_to_pass=need_atol if math.isfinite(need_atol) else None,
+        min_rtol_to_pass=need_rtol if math.isfinite(need_rtol) else None,
+        passed=passed,
+    )
+    return stats
+
+
+def _batch(data: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` rows of ``data``, cycling when it is shorter."""
+    idx = np.arange(n) % len(data)
+    return np.ascontiguousarray(data[idx], dtype=np.float32)
+
+
+@dataclass
+class Case:
+    graph: str  # "encoder" | "decoder" | "reconstruct"
+    input: str  # "real", "normal", "zeros", "ones", "+4sigma", "-4sigma"
+    batch_size: int
+    data: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{self.graph}/{self.input}/bs={self.batch_size}"
+
+
+def make_cases(
+    x_data: np.ndarray, latent_shape: Sequence[int], batch_sizes: Iterable[int], *, seed: int = 0,
+    edge_cases: bool = True,
+) -> list[Case]:
+    """The standard input set: real data for the encoder, seeded N(0, I) for the decoder, and edges."""
+    rng = np.random.default_rng(seed)
+    cases: list[Case] = []
+    for bs in batch_sizes:
+        cases.append(Case("encoder", "real", bs, _batch(x_data, bs)))
+        cases.append(Case("decoder", "normal", bs, rng.standard_normal((bs, *latent_shape), dtype=np.float32)))
+    if edge_cases:
+        shape = x_data.shape[1:]
+        cases.append(Case("encoder", "zeros", 4, np.zeros((4, *shape), np.float32)))
+        cases.append(Case("encoder", "ones", 4, np.ones((4, *shape), np.float32)))
+        cases.append(Case("decoder", "+4sigma", 4, np.full((4, *latent_shape), 4.0, np.float32)))
+        cases.append(Case("decoder", "-4sigma", 4, np.full((4, *latent_shape), -4.0, np.float32)))
+        alt = np.where(np.arange(math.prod(latent_shape)) % 2 == 0, 4.0, -4.0).astype(np.float32)
+        cases.append(Case("decoder", "alternating4sigma", 4, np.tile(alt.reshape(latent_shape), (4,) + (1,) * len(latent_shape))))
+        n = min(64, len(x_data))
+        cases.append(Case("reconstruct", "real", n, _batch(x_data, n)))
+    return cases
+
+
+def _run(backend: Backend, case: Case) -> dict[str, np.ndarray]:
+    if case.graph == "encoder":
+        mu, logvar = backend.encode(case.data)
+        return {"mu": mu, "logvar": logvar}
+    if case.graph == "decoder":
+        return {"x_hat": backend.decode(case.data)}
+    return {"x_hat": backend.reconstruct(case.data)}
+
+
+def negative_elbo(backend: Backend, x: np.ndarray, likelihood: str, *, seed: int = 1234, obs_std: float = 0.1,
+                  samples: int = 1) -> float:
+    """Test-set negative ELBO (nats/example) computed through a backend's two graphs, with
+    host-side reparameterisation and fixed noise: the end-to-end quantity users care about."""
+    import torch
+
+    from vae_deploy.model import kl_normal, recon_nll
+
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _ in range(samples):
+        mu, logvar = backend.encode(x)
+        eps = rng.standard_normal(mu.shape, dtype=np.float32)
+        z = (mu + np.exp(0.5 * logvar) * eps).astype(np.float32)
+        x_hat = backend.decode(z)
+        xt, mt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(x_hat, np.float32))
+        nll = recon_nll(xt, likelihood, mean=mt, obs_std=obs_std)
+        kl = kl_normal(torch.from_numpy(mu), torch.from_numpy(logvar))
+        total += float((nll + kl).mean())
+    return total / samples
+
+
+def compare_backends(
+    reference: Backend,
+    candidate: Backend,
+    x_data: np.ndarray,
+    *,
+    batch_sizes: Sequence[int] = (1, 7, 64, 257),
+    tolerance: Tolerance | None = None,
+    precision: str = "fp32",
+    seed: int = 0,
+    edge_cases: bool = True,
+    elbo: bool = True,
+    data_description: str = "",
+) -> dict[str, Any]:
+    """Run the standard cases through both backends and return the JSON-able report."""
+    tol = tolerance or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+    cases = make_cases(x_data, reference.latent_shape, batch_sizes, seed=seed, edge_cases=edge_cases)
+    results = []
+    for case in cases:
+        entry: dict[str, Any] = {"name": case.name, "graph": case.graph, "input": case.input,
+                                 "batch_size": case.batch_size}
+        try:
+            ref, out = _run(reference, case), _run(candidate, case)
+            entry["outputs"] = {k: compare_arrays(ref[k], out[k], tol) for k in ref}
+            entry["passed"] = all(o["passed"] for o in entry["outputs"].values())
+        except Exception as e:  # a backend that crashes on an input fails that case, loudly
+            entry.update(passed=False, error=f"{type(e).__name__}: {e}")
+        results.append(entry)
+    report: dict[str, Any] = {
+        "schema": SCHEMA,
+        "reference": reference.name,
+        "candidate": candidate.name,
+        "precision": precision,
+        "tolerance": asdict(tol),
+        "rule": "|candidate - reference| <= atol + rtol * |reference|, NaN/Inf in the same places",
+        "inputs": {
+            "encoder": f"real data: {data_description or 'given array'} ({len(x_data)} examples, cycled to each batch size); "
+                       "edge inputs all-zero and all-one images",
+            "decoder": f"z ~ N(0, I) drawn with numpy seed {seed}; edge inputs z = +4, -4 and alternating +-4 sigma",
+            "reconstruct": "posterior mean decoded, real data",
+            "batch_sizes": list(batch_sizes),
+        },
+        "cases": results,
+    }
+    if elbo:
+        report["elbo"] = _elbo_check(reference, candidate, x_data, tol)
+    report["summary"] = summarize(report)
+    return report
+
+
+def _elbo_check(reference: Backend, candidate: Backend, x: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    lik = reference.spec.likelihood
+    obs_std = float(reference.spec.config.get("obs_std", 0.1)) if reference.spec.config else 0.1
+    try:
+        ref = negative_elbo(reference, x, lik, obs_std=obs_std)
+        cand = negative_elbo(candidate, x, lik, obs_std=obs_std)
+    except Exception as e:
+        return {"passed": False, "error": f"{type(e).__name__}: {e}"}
+    rel = abs(cand - ref) / max(abs(ref), 1e-12)
+    return {"reference_nelbo": ref, "candidate_nelbo": cand, "rel_diff": rel, "rtol": tol.elbo_rtol,
+            "n_examples": int(len(x)), "passed": bool(rel <= tol.elbo_rtol)}
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    worst_name, worst = None, -1.0
+    failed = []
+    for case in report["cases"]:
+        if not case.get("passed"):
+            failed.append(case["name"])
+        for out_name, s in case.get("outputs", {}).items():
+            if s.get("max_abs", -1.0) > worst:
+                worst, worst_name = s["max_abs"], f"{case['name']}:{out_name}"
+    elbo = report.get("elbo")
+    if elbo is not None and not elbo.get("passed"):
+        failed.append("elbo")
+    return {
+        "passed": not failed,
+        "n_cases": len(report["cases"]) + (1 if elbo is not None else 0),
+        "n_failed": len(failed),
+        "failed": failed,
+        "max_abs_error": max(worst, 0.0),
+        "worst": worst_name,
+        "elbo_rel_diff": None if elbo is None else elbo.get("rel_diff"),
+    }
+
+
+def format_report(report: dict[str, Any], *, verbose: bool = False) -> str:
+    """A readable table: one row per case and output (failures always shown)."""
+    s = report["summary"]
+    t = report["tolerance"]
+    lines = [
+        f"{report['candidate']} vs {report['reference']}  [{report['precision']}, atol {t['atol']:g}, rtol {t['rtol']:g}]"
+        f"  -> {'PASS' if s['passed'] else 'FAIL'} ({s['n_cases'] - s['n_failed']}/{s['n_cases']} checks)",
+        f"  {'case':<30} {'output':<7} {'max abs':>9} {'mean abs':>9} {'p99 abs':>9} {'max rel':>9}  {'worst at':<14} result",
+    ]
+    for case in report["cases"]:
+        if "error" in case:
+            lines.append(f"  {case['name']:<30} {'':<7} ERROR: {case['error']}")
+            continue
+        for name, st in case["outputs"].items():
+            if not verbose and st["passed"] and case["input"] in ("real", "normal") and case["batch_size"] not in (
+                min(report["inputs"]["batch_sizes"]), max(report["inputs"]["batch_sizes"])):
+                continue
+            if "error" in st:
+                lines.append(f"  {case['name']:<30} {name:<7} ERROR: {st['error']}")
+                continue
+            nf = st["nan_out"] + st["inf_out"]
+            lines.append(
+                f"  {case['name']:<30} {name:<7} {st['max_abs']:9.2e} {st['mean_abs']:9.2e} {st['p99_abs']:9.2e} "
+                f"{st['max_rel']:9.2e}  {str(st['worst_index']):<14} {'ok' if st['passed'] else 'FAIL'}"
+                + (f" ({nf} NaN/Inf)" if nf else "")
+                + ("" if st["passed"] else f"  (would pass at atol {st['min_atol_to_pass']:.2e})")
+            )
+    elbo = report.get("elbo")
+    if elbo:
+        if "error" in elbo:
+            lines.append(f"  test-set -ELBO: ERROR {elbo['error']}")
+        else:
+            lines.append(
+                f"  test-set -ELBO: reference {elbo['reference_nelbo']:.5f}, candidate {elbo['candidate_nelbo']:.5f} "
+                f"nats; rel diff {elbo['rel_diff']:.2e} (limit {elbo['rtol']:g}) {'ok' if elbo['passed'] else 'FAIL'}"
+            )
+    lines.append(f"  max abs error {s['max_abs_error']:.2e} at {s['worst']}")
+    return "\n".join(lines)
