@@ -1,5 +1,6 @@
-"""The C++ consumer (cpp/): build it, run vae_sample on tiny exports, and hold it to
-onnxruntime in Python on the same files; its errors; its memory (valgrind).
+"""The C++ consumer (cpp/): build it, run vae_sample on the suite's exports (and a toy with
+multi-dimensional latents), and hold it to onnxruntime in Python on the same files; its
+errors; its memory (valgrind).
 
 The first run builds cpp/ into cpp/build/ (cpp/build.sh, which fetches the ONNX Runtime
 headers once into cpp/third_party/); later runs reuse that build.
@@ -23,7 +24,8 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from tests.conftest import TINY, tiny_model
+from vae_deploy.exporters import export
+from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
 
 CPP = Path(__file__).resolve().parents[1] / "cpp"
 TOL = 1e-5
@@ -56,26 +58,6 @@ def run_cpp(exe: Path, *args: object, ok: bool = True, timeout: float = 60) -> s
 
 
 # --- exports -------------------------------------------------------------------------------
-# Stopgap until vae_deploy.export lands on main: the legacy exporter plus the contract's
-# metadata_props (export/README.md).
-
-
-class _Encode(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode(x)
-
-
-class _Decode(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(z)
 
 
 class SpatialVAE(nn.Module):
@@ -95,47 +77,22 @@ class SpatialVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.dec(z))
 
-
-def _shape(s: tuple[int, ...]) -> str:
-    return ",".join(map(str, s))
-
-
-def export(model: nn.Module, input_shape, latent_shape, out: Path, family: str) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    halves = {
-        "encoder": (_Encode(model), torch.zeros(2, *input_shape), ["x"], ["mu", "logvar"]),
-        "decoder": (_Decode(model), torch.zeros(2, *latent_shape), ["z"], ["x_hat"]),
-    }
-    for role, (module, example, inputs, outputs) in halves.items():
-        path = out / f"{role}.onnx"
-        torch.onnx.export(
-            module.eval(), (example,), str(path), input_names=inputs, output_names=outputs,
-            dynamic_axes={n: {0: "batch"} for n in inputs + outputs}, opset_version=18, dynamo=False,
+    def exportable(self) -> Exportable:
+        gen = torch.Generator().manual_seed(0)
+        spec = ExportSpec(input_shape=self.input_shape, latent_shape=self.latent_shape, family="toy")
+        return Exportable(
+            EncoderGraph(self.encode, self), DecoderGraph(self.decode, self), spec,
+            torch.rand((2, *self.input_shape), generator=gen), torch.randn((2, *self.latent_shape), generator=gen),
         )  # fmt: skip
-        proto = onnx.load(str(path))
-        meta = {
-            "format_version": "1", "role": role, "input_shape": _shape(input_shape),
-            "latent_shape": _shape(latent_shape), "latent_dim": str(math.prod(latent_shape)),
-            "likelihood": "bernoulli", "family": family, "precision": "fp32", "dynamic_axes": "batch",
-        }  # fmt: skip
-        onnx.helper.set_model_props(proto, {f"vae_deploy.{k}": v for k, v in meta.items()})
-        onnx.save(proto, str(path))
-    return out
 
 
 @pytest.fixture(scope="session")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cpp-exports")
-    out = {}
-    with torch.no_grad():
-        for family, cfg in TINY.items():
-            out[family] = export(
-                tiny_model(family), cfg.input_shape, (cfg.latent_dim,), root / family, family
-            )
-        torch.manual_seed(0)
-        toy = SpatialVAE()
-        out["spatial"] = export(toy, toy.input_shape, toy.latent_shape, root / "spatial", "toy")
-    return out
+def cpp_exports(exports, tmp_path_factory) -> dict[str, Path]:
+    """The suite's tiny mlp and conv exports (trained, verified), and a spatial-latent toy."""
+    torch.manual_seed(0)
+    spatial = SpatialVAE().eval()
+    out = tmp_path_factory.mktemp("cpp-exports") / "spatial"
+    return {**exports, "spatial": export(spatial.exportable(), out, formats=("onnx",), verify=False).out_dir}
 
 
 FAMILIES = ["mlp", "conv", "spatial"]
@@ -160,8 +117,8 @@ def max_abs(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sample_decodes_like_python(vae_sample, exports, family, tmp_path):
-    model = exports[family]
+def test_sample_decodes_like_python(vae_sample, cpp_exports, family, tmp_path):
+    model = cpp_exports[family]
     input_shape, latent_shape = shapes(model)
     run_cpp(vae_sample, "--model", model, "--n", 16, "--seed", 7,
             "--save-z", tmp_path / "z.npy", "--out", tmp_path / "x.npy")  # fmt: skip
@@ -178,8 +135,8 @@ def test_sample_decodes_like_python(vae_sample, exports, family, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_decode_z_file_like_python(vae_sample, exports, family, dtype, rng, tmp_path):
-    model = exports[family]
+def test_decode_z_file_like_python(vae_sample, cpp_exports, family, dtype, rng, tmp_path):
+    model = cpp_exports[family]
     _, latent_shape = shapes(model)
     z = rng.standard_normal((5, *latent_shape)).astype(dtype)
     np.save(tmp_path / "z.npy", z)
@@ -189,8 +146,8 @@ def test_decode_z_file_like_python(vae_sample, exports, family, dtype, rng, tmp_
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_encode_x_file_like_python(vae_sample, exports, family, rng, tmp_path):
-    model = exports[family]
+def test_encode_x_file_like_python(vae_sample, cpp_exports, family, rng, tmp_path):
+    model = cpp_exports[family]
     input_shape, _ = shapes(model)
     x = rng.random((9, *input_shape), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -234,13 +191,21 @@ def box_muller(seed: int, count: int) -> np.ndarray:
     return np.array(out[:count], dtype=np.float32)
 
 
-def test_latents_follow_the_documented_generator(vae_sample, exports, tmp_path):
+def test_latents_follow_the_documented_generator(vae_sample, cpp_exports, tmp_path):
     # the reference itself: the standard's check value, the 10000th output for the default seed
     gen = mt19937_64(5489)
     assert [next(gen) for _ in range(10000)][-1] == 9981545732273789042
 
     run_cpp(
-        vae_sample, "--model", exports["spatial"], "--n", 33, "--seed", 123, "--save-z", tmp_path / "z.npy"
+        vae_sample,
+        "--model",
+        cpp_exports["spatial"],
+        "--n",
+        33,
+        "--seed",
+        123,
+        "--save-z",
+        tmp_path / "z.npy",
     )
     z = np.load(tmp_path / "z.npy")  # 33 * 32 values: odd pairs, and more than one draw per example
     np.testing.assert_allclose(z.ravel(), box_muller(123, z.size), rtol=1e-6, atol=1e-6)
@@ -251,9 +216,11 @@ def test_latents_follow_the_documented_generator(vae_sample, exports, tmp_path):
 
 
 @pytest.mark.parametrize(("family", "magic", "channels"), [("conv", b"P5", 1), ("spatial", b"P6", 3)])
-def test_image_grid(vae_sample, exports, family, magic, channels, tmp_path):
+def test_image_grid(vae_sample, cpp_exports, family, magic, channels, tmp_path):
     grid = tmp_path / "grid.pnm"
-    run_cpp(vae_sample, "--model", exports[family], "--n", 10, "--out", tmp_path / "x.npy", "--grid", grid)
+    run_cpp(
+        vae_sample, "--model", cpp_exports[family], "--n", 10, "--out", tmp_path / "x.npy", "--grid", grid
+    )
     data = grid.read_bytes()
     # 10 images of 8x8: 4 columns and 3 rows of 8 pixels, with 1-pixel lines between and around
     header = magic + b"\n37 28\n255\n"
@@ -263,8 +230,8 @@ def test_image_grid(vae_sample, exports, family, magic, channels, tmp_path):
     np.testing.assert_array_equal(pixels[1:9, 1:9].transpose(2, 0, 1), np.rint(x[0] * 255).astype(np.uint8))
 
 
-def test_npy_output_is_plain_float32(vae_sample, exports, tmp_path):
-    run_cpp(vae_sample, "--model", exports["mlp"], "--n", 3, "--out", tmp_path / "x.npy")
+def test_npy_output_is_plain_float32(vae_sample, cpp_exports, tmp_path):
+    run_cpp(vae_sample, "--model", cpp_exports["mlp"], "--n", 3, "--out", tmp_path / "x.npy")
     raw = (tmp_path / "x.npy").read_bytes()
     assert raw[:8] == b"\x93NUMPY\x01\x00"
     header_len = int.from_bytes(raw[8:10], "little")
@@ -273,9 +240,9 @@ def test_npy_output_is_plain_float32(vae_sample, exports, tmp_path):
     assert x.dtype == np.dtype("<f4") and x.shape == (3, 1, 8, 8) and x.flags.c_contiguous
 
 
-def test_bench_prints_throughput(vae_sample, exports):
+def test_bench_prints_throughput(vae_sample, cpp_exports):
     r = run_cpp(
-        vae_sample, "--model", exports["mlp"], "--n", 64, "--threads", 1, "--repeat", 5, "--warmup", 1
+        vae_sample, "--model", cpp_exports["mlp"], "--n", 64, "--threads", 1, "--repeat", 5, "--warmup", 1
     )
     line = r.stdout.strip().splitlines()[-1]
     assert (
@@ -285,6 +252,10 @@ def test_bench_prints_throughput(vae_sample, exports):
 
 
 # --- errors --------------------------------------------------------------------------------------
+
+
+def _shape(s: tuple[int, ...]) -> str:
+    return ",".join(map(str, s))
 
 
 def tiny_decoder(
@@ -325,11 +296,22 @@ def tiny_decoder(
     return path
 
 
-def test_hand_built_decoder_runs(vae_sample, tmp_path):
-    # the baseline that the broken variants below depart from
-    model = tiny_decoder(tmp_path / "ok")
-    run_cpp(vae_sample, "--model", model, "--n", 2, "--out", tmp_path / "x.npy")
+@pytest.mark.parametrize("input_shape", ["1,2,2", "1,-1,-1", "1,height,width"])
+def test_hand_built_decoder_runs(vae_sample, input_shape, tmp_path):
+    # the baseline that the broken variants below depart from; metadata axes that are not
+    # positive sizes are dynamic (the exporter writes -1) and accept the graph's sizes
+    model = tiny_decoder(tmp_path / "ok", meta={"input_shape": input_shape})
+    run_cpp(vae_sample, "--model", model, "--n", 2, "--out", tmp_path / "x.npy", "--grid", tmp_path / "x.pgm")
     assert np.load(tmp_path / "x.npy").shape == (2, 1, 2, 2)
+
+
+def test_dynamic_latent_axes_need_a_z_file(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "dyn", meta={"latent_shape": "-1", "latent_dim": None})
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, ok=False)
+    assert r.returncode == 1 and "has a dynamic axis; give the latents with --z-file" in r.stderr, r.stderr
+    np.save(tmp_path / "z.npy", np.ones((2, 4), np.float32))
+    run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", "--out", tmp_path / "x.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.full((2, 1, 2, 2), 4, np.float32))
 
 
 @pytest.mark.parametrize(
@@ -417,8 +399,8 @@ def test_grid_needs_an_image_model(vae_sample, tmp_path):
     assert r.returncode == 1 and "--grid needs an image model" in r.stderr, r.stderr
 
 
-def test_info_lists_metadata_and_runtime(vae_sample, exports):
-    out = run_cpp(vae_sample, "--model", exports["spatial"], "--info").stdout
+def test_info_lists_metadata_and_runtime(vae_sample, cpp_exports):
+    out = run_cpp(vae_sample, "--model", cpp_exports["spatial"], "--info").stdout
     assert f"onnxruntime {ort.__version__}" in out  # the very library the wheel ships
     assert "vae_deploy.latent_shape = 2,4,4" in out and "vae_deploy.role = encoder" in out
 
@@ -428,13 +410,13 @@ def test_info_lists_metadata_and_runtime(vae_sample, exports):
 
 @pytest.mark.slow  # about 12 s: ONNX Runtime's own start-up dominates under memcheck
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
-def test_no_definite_leaks_under_valgrind(vae_sample, exports, tmp_path):
+def test_no_definite_leaks_under_valgrind(vae_sample, cpp_exports, tmp_path):
     # both sessions, .npy in and out, the grid: the whole program once
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32))
     cmd = [
         "valgrind", f"--suppressions={CPP / 'valgrind.supp'}", "--leak-check=full",
         "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--error-exitcode=99",
-        str(vae_sample), "--model", str(exports["conv"]), "--x-file", str(tmp_path / "x.npy"),
+        str(vae_sample), "--model", str(cpp_exports["conv"]), "--x-file", str(tmp_path / "x.npy"),
         "--out", str(tmp_path / "mu.npy"), "--recon-out", str(tmp_path / "r.npy"),
         "--grid", str(tmp_path / "r.pgm"), "--threads", "1",
     ]  # fmt: skip

@@ -6,7 +6,7 @@
 
 namespace vae {
 
-bool is_image_shape(const Shape& s) { return s.size() == 3 && (s[0] == 1 || s[0] == 3) && s[1] > 0 && s[2] > 0; }
+bool is_image_shape(const Shape& s) { return s.size() == 3 && (s[0] == 1 || s[0] == 3) && s[1] != 0 && s[2] != 0; }
 
 void write_image_grid(const std::string& path, const Tensor& batch) {
   const Shape& s = batch.shape;

@@ -7,7 +7,8 @@
 
 namespace vae {
 
-/// True for per-example shapes (C, H, W) with C = 1 or 3: what write_image_grid can show.
+/// True for per-example shapes (C, H, W) with C = 1 or 3 (H and W may be dynamic, -1): what
+/// write_image_grid can show.
 bool is_image_shape(const Shape& per_example);
 
 /// Writes a batch [N, C, H, W] as a grid of ceil(sqrt(N)) columns separated by 1-pixel grey
