@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # resolving `torch<2.14` to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean cpp
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check vae_deploy tests bench
+
+# C++ consumer of export/ (cpp/README.md): fetches ONNX Runtime headers once, builds cpp/build/.
+cpp: install
+	PYTHON=$(abspath $(PYTHON)) cpp/build.sh
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
