@@ -110,5 +110,134 @@ def info(path: Path) -> None:
     click.echo(json.dumps({"config": ckpt.config.to_dict(), "meta": ckpt.meta, "sha256": ckpt.sha256}, indent=2))
 
 
+def _formats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from vae_deploy.exporters import FORMATS
+
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in out if v not in FORMATS]
+    if bad or not out:
+        raise click.BadParameter(f"expected a comma-separated subset of {','.join(FORMATS)}, got {value!r}")
+    return out
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True)
+@click.option("--format", "formats", default="onnx,torchscript", show_default=True, callback=_formats,
+              help="Comma-separated: onnx, torchscript.")
+@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip the post-export parity check against the eager model.")
+@_friendly_errors
+def export(checkpoint: Path, out: Path, formats: tuple[str, ...], opset: int, no_verify: bool) -> None:
+    """Export a checkpoint's encoder and decoder (ONNX, TorchScript) with a manifest."""
+    from vae_deploy.exporters import export as run_export
+
+    result = run_export(checkpoint, out, formats=formats, opset=opset, verify=not no_verify)
+    click.echo(export_table(result.manifest))
+    click.echo(f"wrote {result.out_dir}/ in {result.seconds:.1f} s")
+
+
+def export_table(manifest: dict[str, Any]) -> str:
+    """file, size, and the parity measured at export (per backend that reads the file)."""
+    parity = manifest.get("parity") or {}
+    backends = parity.get("backends", {})
+    rows = [f"{'file':<22} {'size':>10}  {'precision':<9} parity vs eager (max abs error)"]
+    for name, e in manifest["files"].items():
+        key = "torchscript" if e["format"] == "torchscript" else "onnxruntime-cpu"
+        if e.get("precision", "fp32") != "fp32":
+            key = f"{key}-{e['precision']}"
+        b = backends.get(key)
+        verdict = "not verified" if b is None else f"{'PASS' if b['passed'] else 'FAIL'} ({b['max_abs_error']:.1e})"
+        rows.append(f"{name:<22} {e['size']:>10,d}  {e.get('precision', 'fp32'):<9} {verdict}")
+    return "\n".join(rows)
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--precision", default="fp32", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write samples as .npy.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG grid.")
+@_friendly_errors
+def sample(export_dir: Path, n: int, seed: int | None, provider: str, precision: str, out: Path | None,
+           grid: Path | None) -> None:
+    """Draw samples from an exported decoder (z ~ N(0, I) in the host)."""
+    from vae_deploy.images import save_grid, save_npy
+    from vae_deploy.runtime import Runtime
+
+    rt = Runtime.load(export_dir, provider=provider, precision=precision)
+    x = rt.sample(n, seed=seed)
+    click.echo(f"{n} samples of shape {list(x.shape[1:])} on {rt.provider} ({rt.precision}), "
+               f"range [{x.min():.3f}, {x.max():.3f}]")
+    if out:
+        click.echo(f"samples: {save_npy(out, x)}")
+    if grid:
+        click.echo(f"grid: {save_grid(grid, x)}")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--sample/--mean", "stochastic", default=False, help="Decode a posterior sample instead of the mean.")
+@click.option("--seed", type=int, default=None)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG: inputs (top rows) over reconstructions.")
+@_friendly_errors
+def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool, seed: int | None,
+                out: Path | None, grid: Path | None) -> None:
+    """Encode and decode the examples in a .npy/.npz file."""
+    import numpy as np
+
+    from vae_deploy.data import load_array_file
+    from vae_deploy.images import save_grid, save_npy
+    from vae_deploy.runtime import Runtime
+
+    rt = Runtime.load(export_dir, provider=provider)
+    x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli")
+    if x.shape[1:] != rt.input_shape and x.ndim == 2 and x.shape[1] == int(np.prod(rt.input_shape)):
+        x = x.reshape(-1, *rt.input_shape)
+    x_hat = rt.reconstruct(x, sample=stochastic, seed=seed)
+    err = float(np.abs(x_hat - x).mean())
+    click.echo(f"reconstructed {len(x)} examples on {rt.provider}: mean abs error {err:.4f}")
+    if out:
+        click.echo(f"reconstructions: {save_npy(out, x_hat)}")
+    if grid:
+        k = min(len(x), 16)
+        click.echo(f"grid: {save_grid(grid, np.concatenate([x[:k], x_hat[:k]]), cols=k)}")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Reference checkpoint (default: the one recorded in the manifest).")
+@click.option("--batch-sizes", callback=_ints, default="1,7,64,257", show_default=True)
+@click.option("--atol", type=float, default=None, help="Override the precision's absolute tolerance.")
+@click.option("--rtol", type=float, default=None, help="Override the precision's relative tolerance.")
+@click.option("--backends", default=None, help="Comma-separated subset, e.g. onnx-cpu,torchscript.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes and failures.")
+def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ...], atol: float | None,
+           rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool) -> None:
+    """Check integrity and parity (eager vs TorchScript vs ONNX); exit 1 on any failure."""
+    from vae_deploy.verify import format_verification, verify_export
+
+    try:
+        result = verify_export(export_dir, checkpoint=checkpoint, batch_sizes=batch_sizes, atol=atol, rtol=rtol,
+                               backends=backends.split(",") if backends else None)
+    except VaeDeployError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_verification(result, verbose=verbose))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        click.echo(f"report: {json_path}")
+    if not result["passed"]:
+        raise SystemExit(1)
+
+
 def run() -> None:  # pragma: no cover - console entry for `python -m vae_deploy`
     sys.exit(main())
