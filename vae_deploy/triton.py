@@ -166,7 +166,6 @@ def sampler_config(decoder: GraphInfo, *, max_batch: int, instances: int, max_sa
         "decoder_input": decoder.input_name,
         "decoder_output": decoder.output_names[0],
         "latent_shape": ",".join(map(str, decoder.latent_shape)),
-        "sample_shape": ",".join(map(str, decoder.input_shape)),
         "decoder_max_batch": str(max_batch),
         "max_samples": str(max_samples),
     }
@@ -188,7 +187,7 @@ def write_triton_repo(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     instances: int = 1,
-    kind: str = "cpu",
+    kind: str = "gpu",
     max_delay_us: int = DEFAULT_MAX_DELAY_US,
     dynamic_batching: bool = True,
     preferred: Sequence[int] | None = None,

@@ -34,7 +34,6 @@ class TritonPythonModel:
         self.z_name = p["decoder_input"]
         self.out_name = p["decoder_output"]
         self.latent_shape = tuple(int(s) for s in p["latent_shape"].split(","))
-        self.sample_shape = tuple(int(s) for s in p["sample_shape"].split(","))
         self.chunk = int(p["decoder_max_batch"])
         self.max_samples = int(p["max_samples"])
         self.rng = np.random.default_rng()  # unseeded requests: fresh entropy per instance
@@ -52,8 +51,8 @@ class TritonPythonModel:
 
     def _read(self, request) -> tuple[int, int | None]:
         n = pb_utils.get_input_tensor_by_name(request, "n").as_numpy().reshape(-1)
-        if n.size != 1 or not 0 <= int(n[0]) <= self.max_samples:
-            raise ValueError(f"n must be one integer in [0, {self.max_samples}], got {n.tolist()}")
+        if n.size != 1 or not 1 <= int(n[0]) <= self.max_samples:
+            raise ValueError(f"n must be one integer in [1, {self.max_samples}], got {n.tolist()}")
         seed_t = pb_utils.get_input_tensor_by_name(request, "seed")
         if seed_t is None:
             return int(n[0]), None
@@ -75,6 +74,4 @@ class TritonPythonModel:
             if response.has_error():
                 raise RuntimeError(f"{self.decoder} failed: {response.error().message()}")
             parts.append(pb_utils.get_output_tensor_by_name(response, self.out_name).as_numpy())
-        if not parts:  # n == 0: nothing to decode, but the output keeps its per-example shape
-            return np.empty((0, *self.sample_shape), dtype=np.float32)
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
