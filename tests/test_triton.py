@@ -60,7 +60,8 @@ def _spatial_exportable() -> Exportable:
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("exports")
-    models = {"mlp": tiny_model("mlp"), "conv": tiny_model("conv"), "spatial": _spatial_exportable()}
+    # mlp: a flat latent; spatial: a conv model with a (2, 4, 4) latent (covers the conv case too)
+    models = {"mlp": tiny_model("mlp"), "spatial": _spatial_exportable()}
     return {name: export(m, root / name, formats=("onnx",), verify=False).out_dir for name, m in models.items()}
 
 
@@ -72,7 +73,7 @@ def dims(t) -> list[int]:
     return list(t.dims)
 
 
-@pytest.mark.parametrize("family, latent", [("mlp", [4]), ("conv", [4]), ("spatial", [2, 4, 4])])
+@pytest.mark.parametrize("family, latent", [("mlp", [4]), ("spatial", [2, 4, 4])])
 def test_repository_configs_parse_and_match_the_contract(exports, tmp_path, family, latent):
     repo = write_triton_repo(exports[family], tmp_path / "repo", max_batch=64, instances=2, kind="gpu",
                              max_delay_us=250)
@@ -140,9 +141,9 @@ def test_refuses_a_tampered_export_and_a_foreign_folder(exports, tmp_path):
 
 def test_rewrites_its_own_repository(exports, tmp_path):
     repo = write_triton_repo(exports["mlp"], tmp_path / "repo", max_batch=8)
-    write_triton_repo(exports["conv"], repo, max_batch=16)
+    write_triton_repo(exports["spatial"], repo, max_batch=16)
     assert parse(repo / ENCODER_MODEL / "config.pbtxt").max_batch_size == 16
-    assert (repo / ENCODER_MODEL / "1" / "model.onnx").read_bytes() == (exports["conv"] / "encoder.onnx").read_bytes()
+    assert (repo / ENCODER_MODEL / "1" / "model.onnx").read_bytes() == (exports["spatial"] / "encoder.onnx").read_bytes()
 
 
 # --- the sampler's model.py, with a stand-in for triton_python_backend_utils -------------------
@@ -255,3 +256,118 @@ def test_sampler_model_edge_cases_answer_with_errors_not_exceptions(sampler):
         assert "n must be one integer in [1, 65536]" in resp.error().message()
     assert "seed must be" in bad_seed.error().message()
     assert calls == [3]
+
+
+# --- the repository on a real Triton server ---------------------------------------------------
+# PyTriton's wheel bundles a tritonserver with only the Python backend, so the ONNX Runtime
+# models are stood in for by Python-backend models that run the same model.onnx on
+# onnxruntime. Everything else is real: Triton parses every config.pbtxt, the dynamic
+# batcher runs, and the sampler's model.py runs in the real Python-backend stub with real BLS.
+_STAND_IN = '''
+import json
+import os
+
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        cfg = json.loads(args["model_config"])
+        self.inp, self.outs = cfg["input"][0]["name"], [o["name"] for o in cfg["output"]]
+        path = os.path.join(os.path.dirname(__file__), "model.onnx")
+        self.sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        responses = []
+        for r in requests:
+            out = self.sess.run(self.outs, {self.inp: pb_utils.get_input_tensor_by_name(r, self.inp).as_numpy()})
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, o) for n, o in zip(self.outs, out)]))
+        return responses
+'''
+
+
+def _start_bundled_tritonserver(repo: Path, workdir: Path, port: int):
+    """Run PyTriton's bundled tritonserver binary on ``repo`` (HTTP on loopback only)."""
+    import os
+    import subprocess
+
+    pytriton = pytest.importorskip("pytriton", reason="PyTriton (the serve extra) bundles the tritonserver binary")
+    from pytriton.utils.distribution import get_libs_path, get_stub_path
+
+    from vae_deploy.serve import libpython_dir
+
+    server = workdir / "tritonserver"
+    shutil.copytree(Path(pytriton.__file__).parent / "tritonserver", server,
+                    ignore=shutil.ignore_patterns("python_backend_stubs"))
+    shutil.copy(get_stub_path(f"{sys.version_info[0]}.{sys.version_info[1]}"),
+                server / "backends" / "python" / "triton_python_backend_stub")
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libpython_dir(), str(get_libs_path()),
+                                                           env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # the stub finds this venv
+    cmd = [str(server / "bin" / "tritonserver"), "--model-repository", str(repo),
+           "--backend-directory", str(server / "backends"), "--http-address", "127.0.0.1", "--http-port", str(port),
+           "--allow-grpc", "false", "--allow-metrics", "false", "--exit-timeout-secs", "3",
+           "--log-file", str(workdir / "tritonserver.log")]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_generated_repository_runs_on_a_real_triton_server(exports, tmp_path):
+    import socket
+    import time
+
+    httpclient = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    repo = write_triton_repo(exports["mlp"], tmp_path / "repo", max_batch=4, kind="cpu", max_delay_us=500)
+    for model in (ENCODER_MODEL, DECODER_MODEL):
+        cfg = repo / model / "config.pbtxt"
+        cfg.write_text(cfg.read_text().replace('backend: "onnxruntime"', 'backend: "python"'))
+        (repo / model / "1" / "model.py").write_text(_STAND_IN)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _start_bundled_tritonserver(repo, tmp_path, port)
+    try:
+        with httpclient.InferenceServerClient(f"127.0.0.1:{port}") as c:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                try:
+                    if all(c.is_model_ready(m) for m in (ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL)):
+                        break
+                except Exception:
+                    pass
+                time.sleep(0.2)
+            else:
+                pytest.fail(f"tritonserver did not load the repository:\n{(tmp_path / 'tritonserver.log').read_text()}")
+
+            def infer(model, **inputs):
+                tensors = []
+                for name, a in inputs.items():
+                    t = httpclient.InferInput(name, list(a.shape), "INT64" if a.dtype == np.int64 else "FP32")
+                    t.set_data_from_numpy(a)
+                    tensors.append(t)
+                return c.infer(model, tensors)
+
+            rt = Runtime.load(exports["mlp"], provider="cpu")
+            x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+            assert np.abs(infer(ENCODER_MODEL, x=x).as_numpy("mu") - rt.encode(x)[0]).max() <= 1e-5
+            samples = infer(SAMPLER_MODEL, n=np.array([10], np.int64), seed=np.array([7], np.int64)).as_numpy("x_hat")
+            assert samples.shape == (10, 1, 8, 8)
+            assert np.abs(samples - rt.sample(10, seed=7)).max() <= 1e-5
+            assert infer(SAMPLER_MODEL, n=np.array([3], np.int64)).as_numpy("x_hat").shape == (3, 1, 8, 8)
+            with pytest.raises(InferenceServerException, match=r"n must be one integer in \[1, 65536\]"):
+                infer(SAMPLER_MODEL, n=np.array([0], np.int64))
+            with pytest.raises(InferenceServerException, match="shape"):
+                infer(ENCODER_MODEL, x=np.zeros((2, 1, 8, 7), np.float32))
+            # 13 rows reached the decoder through BLS, in chunks of at most max_batch = 4
+            stats = c.get_inference_statistics(DECODER_MODEL)["model_stats"][0]
+            assert int(stats["inference_count"]) == 13
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=20)
+        except Exception:
+            proc.kill()
+            proc.wait()

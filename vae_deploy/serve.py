@@ -177,6 +177,20 @@ class VaeTritonServer:
     def grpc_url(self) -> str:
         return f"{self.options.host}:{self.options.grpc_port}"
 
+    def inference_statistics(self, model: str) -> dict[str, Any]:
+        """Triton's own per-model statistics (queue, compute times, batch counts).
+
+        PyTriton guards the statistics, repository and shared-memory endpoints with a token it
+        generates; this passes it. Clients outside this process cannot reach those endpoints.
+        """
+        import tritonclient.http as th
+
+        if self._triton is None:
+            raise ServeError("the server is not running")
+        headers = {"triton-access-token": self._triton.get_access_token()}
+        with th.InferenceServerClient(self.http_url) as c:
+            return c.get_inference_statistics(model, headers=headers)["model_stats"][0]
+
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> VaeTritonServer:
         triton, _, _ = _pytriton()
