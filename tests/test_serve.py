@@ -30,7 +30,8 @@ httpclient = pytest.importorskip("tritonclient.http")
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from vae_deploy.serve import ServeOptions, VaeTritonServer  # noqa: E402
+from vae_deploy.errors import ConfigError  # noqa: E402
+from vae_deploy.serve import ServeError, ServeOptions, VaeTritonServer  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -188,6 +189,19 @@ def test_concurrent_load(server, runtime, capsys):
     with capsys.disabled():
         print(f"\n[serve load] {clients}x{per_client} requests in {wall:.2f} s: {clients * per_client / wall:.0f} "
               f"req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean batch {stats['mean_batch']:.1f}")
+
+
+def test_a_busy_port_fails_at_once_with_a_clear_error(runtime):
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind((HOST, grpc))
+        busy.listen()
+        start = time.monotonic()
+        with pytest.raises(ServeError, match=f"grpc port {grpc}"):
+            VaeTritonServer(runtime, ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics)).start()
+    assert time.monotonic() - start < 5
+    with pytest.raises(ConfigError, match="distinct"):
+        ServeOptions(http_port=http, grpc_port=http)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:

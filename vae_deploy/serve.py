@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sysconfig
 import tempfile
 import threading
@@ -195,6 +196,7 @@ class VaeTritonServer:
     def start(self) -> VaeTritonServer:
         triton, _, _ = _pytriton()
         o = self.options
+        _check_ports_free(o.host, {"http": o.http_port, "grpc": o.grpc_port, "metrics": o.metrics_port})
         if self.log_file is None:  # Triton's log is long; keep it out of the terminal
             self.log_file = Path(tempfile.mkdtemp(prefix="vae-deploy-triton-")) / "tritonserver.log"
         config = triton.TritonConfig(
@@ -335,6 +337,22 @@ class VaeTritonServer:
             return outs
 
         return infer
+
+
+def _check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Fail at once on a port in use: a tritonserver that cannot bind one exits, but PyTriton
+    only notices after its readiness wait times out, a minute or more later."""
+    busy = []
+    for what, port in ports.items():
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                busy.append(f"{what} port {port} ({e.strerror})")
+    if busy:
+        raise ServeError(f"cannot listen on {host}: {', '.join(busy)}; choose other ports (--http-port, --grpc-port, "
+                         "--metrics-port)")
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
