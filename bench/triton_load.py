@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             rt = Runtime.load(export_dir, provider="cpu", max_batch=args.max_batch, check_finite=False,
                               threads=args.ort_threads)
             opts = ServeOptions(host=HOST, http_port=http, grpc_port=grpc, metrics_port=metrics,
-                                max_batch=args.max_batch, max_delay_us=args.max_delay_us, dynamic_batching=on)
+                                max_batch=args.max_batch, max_delay_us=args.max_delay_us, dynamic_batching=on,
+                                log_file=Path(tmp.name) / f"tritonserver-{'on' if on else 'off'}.log")
             servers[name] = VaeTritonServer(rt, opts).start()
         rt = next(iter(servers.values())).runtime
         shape = rt.latent_shape if args.op == "decode" else rt.input_shape

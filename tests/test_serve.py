@@ -64,7 +64,7 @@ def server(export_dir):
     http, grpc, metrics = free_ports(3)
     rt = Runtime.load(export_dir, provider="cpu", max_batch=64, check_finite=False)
     opts = ServeOptions(host=HOST, http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=64,
-                        max_delay_us=200)
+                        max_delay_us=200, log_file=export_dir.parent / "tritonserver.log")
     srv = VaeTritonServer(rt, opts).start()
     try:
         yield srv
@@ -197,8 +197,9 @@ def test_a_busy_port_fails_at_once_with_a_clear_error(runtime):
         busy.bind((HOST, grpc))
         busy.listen()
         start = time.monotonic()
+        opts = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=Path(os.devnull))
         with pytest.raises(ServeError, match=f"grpc port {grpc}"):
-            VaeTritonServer(runtime, ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics)).start()
+            VaeTritonServer(runtime, opts).start()
     assert time.monotonic() - start < 5
     with pytest.raises(ConfigError, match="distinct"):
         ServeOptions(http_port=http, grpc_port=http)

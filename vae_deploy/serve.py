@@ -182,7 +182,7 @@ class VaeTritonServer:
         """Triton's own per-model statistics (queue, compute times, batch counts).
 
         PyTriton guards the statistics, repository and shared-memory endpoints with a token it
-        generates; this passes it. Clients outside this process cannot reach those endpoints.
+        generates; this passes it. Other clients get HTTP 403 there without the token.
         """
         import tritonclient.http as th
 
@@ -203,6 +203,7 @@ class VaeTritonServer:
             http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
             metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
             log_file=self.log_file, log_verbose=o.log_verbose,
+            allow_gpu_metrics=getattr(self.runtime, "provider", "cpu") in ("cuda", "tensorrt"),
         )
         if not o.log_verbose:
             logging.getLogger("pytriton").setLevel(logging.WARNING)
