@@ -146,6 +146,31 @@ def test_rewrites_its_own_repository(exports, tmp_path):
     assert (repo / ENCODER_MODEL / "1" / "model.onnx").read_bytes() == (exports["spatial"] / "encoder.onnx").read_bytes()
 
 
+def test_copies_external_weight_files(exports, tmp_path):
+    """Large models keep their weights beside the graph; the repository must carry them."""
+    import onnx
+
+    from vae_deploy.checkpoint import file_sha256
+
+    src = tmp_path / "export"
+    shutil.copytree(exports["mlp"], src)
+    model = onnx.load(str(src / "decoder.onnx"))
+    onnx.save(model, str(src / "decoder.onnx"), save_as_external_data=True, location="decoder.weights")
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["files"]["decoder.onnx"].update(sha256=file_sha256(src / "decoder.onnx"),
+                                             size=(src / "decoder.onnx").stat().st_size)
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    repo = write_triton_repo(src, tmp_path / "repo")
+    version = repo / DECODER_MODEL / "1"
+    assert (src / "decoder.weights").stat().st_size > 1000
+    assert (version / "decoder.weights").read_bytes() == (src / "decoder.weights").read_bytes()
+    import onnxruntime as ort
+
+    z = np.zeros((2, 4), np.float32)
+    out = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"z": z})
+    np.testing.assert_allclose(out[0], Runtime.load(exports["mlp"], provider="cpu").decode(z), atol=1e-6)
+
+
 # --- the sampler's model.py, with a stand-in for triton_python_backend_utils -------------------
 class _Tensor:
     def __init__(self, name: str, array: np.ndarray) -> None:

@@ -27,12 +27,12 @@ MODELS = (ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL)
 KINDS = ("cpu", "gpu")
 DEFAULT_MAX_BATCH = 256
 # The dynamic batcher holds a request at most this long waiting for others to join its batch:
-# the latency it can cost is bounded by this, and on a GPU 100 us is well under one launch.
+# the latency it can add is bounded by this, small next to a client's network round trip.
 DEFAULT_MAX_DELAY_US = 100
 # The sampler refuses requests for more samples than this (one response holds them all).
 DEFAULT_MAX_SAMPLES = 65536
 _SAMPLER_SOURCE = Path(__file__).with_name("triton_sampler.py")
-META = "vae_deploy."
+META = "vae_deploy."  # the contract's metadata prefix (exporters.spec has it too, but imports torch)
 
 
 @dataclass(frozen=True)
