@@ -16,11 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_deploy.exporters import export
 from vae_deploy.runtime import Runtime
 from vae_deploy.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL
-
-from .conftest import tiny_model
 
 pytest.importorskip(
     "pytriton.triton",
@@ -49,9 +46,8 @@ def free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory) -> Path:
-    return export(tiny_model("mlp"), tmp_path_factory.mktemp("serve") / "export", formats=("onnx",),
-                  verify=False).out_dir
+def export_dir(exports) -> Path:
+    return exports["mlp"]
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +56,11 @@ def runtime(export_dir) -> Runtime:
 
 
 @pytest.fixture(scope="module")
-def server(export_dir):
+def server(export_dir, tmp_path_factory):
     http, grpc, metrics = free_ports(3)
     rt = Runtime.load(export_dir, provider="cpu", max_batch=64, check_finite=False)
     opts = ServeOptions(host=HOST, http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=64,
-                        max_delay_us=200, log_file=export_dir.parent / "tritonserver.log")
+                        max_delay_us=200, log_file=tmp_path_factory.mktemp("triton") / "tritonserver.log")
     srv = VaeTritonServer(rt, opts).start()
     try:
         yield srv

@@ -24,8 +24,6 @@ from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, Ex
 from vae_deploy.runtime import Runtime
 from vae_deploy.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL, write_triton_repo
 
-from .conftest import tiny_model
-
 text_format = pytest.importorskip("google.protobuf.text_format")
 json_format = pytest.importorskip("google.protobuf.json_format")
 model_config_pb2 = pytest.importorskip(
@@ -58,11 +56,11 @@ def _spatial_exportable() -> Exportable:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("exports")
-    # mlp: a flat latent; spatial: a conv model with a (2, 4, 4) latent (covers the conv case too)
-    models = {"mlp": tiny_model("mlp"), "spatial": _spatial_exportable()}
-    return {name: export(m, root / name, formats=("onnx",), verify=False).out_dir for name, m in models.items()}
+def all_exports(exports, tmp_path_factory) -> dict[str, Path]:
+    """The session's mlp and conv exports (flat latents) plus a conv model with a (2, 4, 4) latent."""
+    spatial = export(_spatial_exportable(), tmp_path_factory.mktemp("spatial") / "export", formats=("onnx",),
+                     verify=False).out_dir
+    return {**exports, "spatial": spatial}
 
 
 def parse(path: Path):
@@ -73,8 +71,9 @@ def dims(t) -> list[int]:
     return list(t.dims)
 
 
-@pytest.mark.parametrize("family, latent", [("mlp", [4]), ("spatial", [2, 4, 4])])
-def test_repository_configs_parse_and_match_the_contract(exports, tmp_path, family, latent):
+@pytest.mark.parametrize("family, latent", [("mlp", [4]), ("conv", [4]), ("spatial", [2, 4, 4])])
+def test_repository_configs_parse_and_match_the_contract(all_exports, tmp_path, family, latent):
+    exports = all_exports
     repo = write_triton_repo(exports[family], tmp_path / "repo", max_batch=64, instances=2, kind="gpu",
                              max_delay_us=250)
     assert sorted(p.name for p in repo.iterdir()) == sorted([ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL])
@@ -141,9 +140,9 @@ def test_refuses_a_tampered_export_and_a_foreign_folder(exports, tmp_path):
 
 def test_rewrites_its_own_repository(exports, tmp_path):
     repo = write_triton_repo(exports["mlp"], tmp_path / "repo", max_batch=8)
-    write_triton_repo(exports["spatial"], repo, max_batch=16)
+    write_triton_repo(exports["conv"], repo, max_batch=16)
     assert parse(repo / ENCODER_MODEL / "config.pbtxt").max_batch_size == 16
-    assert (repo / ENCODER_MODEL / "1" / "model.onnx").read_bytes() == (exports["spatial"] / "encoder.onnx").read_bytes()
+    assert (repo / ENCODER_MODEL / "1" / "model.onnx").read_bytes() == (exports["conv"] / "encoder.onnx").read_bytes()
 
 
 def test_copies_external_weight_files(exports, tmp_path):
