@@ -1,31 +1,43 @@
 """vae-deploy: train a VAE, export its encoder and decoder, run, verify and measure them.
 
-``vae_deploy.export(model, "export/", example_input=x)`` and ``vae_deploy.verify(model,
-"export/", example_input=x)`` are imported on first use, so ``import vae_deploy`` stays light
-(no onnx, onnxruntime or exporter machinery until needed).
+``vae_deploy.export(model, "export/", example_input=x)``, ``vae_deploy.verify(model,
+"export/", example_input=x)``, ``Runtime`` and ``MicroBatcher`` are imported on first use, so
+``import vae_deploy`` stays light (no onnx, onnxruntime or exporter machinery until needed).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 __version__ = "0.1.0"
+
+from typing import Any
 
 from vae_deploy.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from vae_deploy.model import VAE, VAEConfig  # noqa: E402
 
-__all__ = ["VAE", "VAEConfig", "export", "load_checkpoint", "save_checkpoint", "verify", "__version__"]
+__all__ = ["VAE", "VAEConfig", "Runtime", "MicroBatcher", "export", "verify", "load_checkpoint", "save_checkpoint",
+           "__version__"]
+
+_LAZY = {
+    "Runtime": ("vae_deploy.runtime", "Runtime"),
+    "MicroBatcher": ("vae_deploy.batcher", "MicroBatcher"),
+    "export": ("vae_deploy.exporters", "export"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "export":
-        from vae_deploy.api import export
+    """Import onnxruntime and the exporters only when used: `import vae_deploy` stays light."""
+    if name in _LAZY:
+        import importlib
 
-        return export
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
     if name == "verify":
-        # ``vae_deploy.verify`` is also a submodule: importing it makes it this package's
-        # attribute, whatever was there before. So the attribute is always the module, made
-        # callable (calling it is ``vae_deploy.api.verify``).
+        # ``vae_deploy.verify`` is also a submodule, and importing a submodule makes it the
+        # package's attribute of that name, whatever was there. So the attribute is always the
+        # module, made callable: ``vae_deploy.verify(model, "export/", ...)`` is
+        # ``vae_deploy.api.verify``.
         import vae_deploy.verify as module
 
         return module

@@ -1,5 +1,5 @@
-"""The two-call Python API: ``vae_deploy.export(model, "export/", example_input=x)`` and
-``vae_deploy.verify(model, "export/", example_input=x)``.
+"""``vae_deploy.verify(model, "export/", example_input=x)``: the counterpart of
+``vae_deploy.export(model, "export/", example_input=x)`` (:func:`vae_deploy.exporters.export`).
 
 ``model`` is anything :func:`vae_deploy.adapters.to_exportable` accepts: a checkpoint path, a
 ``Checkpoint``, a ``VAE``, or your own VAE-like module (probed on ``example_input``).
@@ -9,16 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-
-from vae_deploy.exporters import ExportResult
-
-
-def export(model: Any, out_dir: str | Path = "export", *, example_input: Any = None, **options: Any) -> ExportResult:
-    """Export, verify against eager, and write the manifest (see :func:`vae_deploy.exporters.export`
-    for ``formats``, ``opset``, ``verify``, ``batch_sizes``, ``likelihood``, ``dynamic_spatial``, ``tolerance``)."""
-    from vae_deploy.exporters import export as run_export
-
-    return run_export(model, out_dir, example_input=example_input, **options)
 
 
 def verify(
