@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_deploy.exporters.spec import ExportSpec
+from vae_deploy.artifacts import ExportSpec
 
 
 def _fmt(shape: Sequence[int]) -> str:
@@ -206,7 +206,7 @@ class TorchBackend(Backend):
     def from_torchscript(cls, folder: str | Path, **kwargs: Any) -> TorchBackend:
         import torch
 
-        from vae_deploy.exporters.manifest import load_manifest, spec_from_manifest
+        from vae_deploy.artifacts import load_manifest, spec_from_manifest
 
         folder = Path(folder)
         manifest = load_manifest(folder, only=["encoder.ts", "decoder.ts"])

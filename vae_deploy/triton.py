@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vae_deploy.artifacts import META_PREFIX
 from vae_deploy.errors import ArtifactError, ConfigError
 
 ENCODER_MODEL = "vae_encoder"
@@ -32,7 +33,7 @@ DEFAULT_MAX_DELAY_US = 100
 # The sampler refuses requests for more samples than this (one response holds them all).
 DEFAULT_MAX_SAMPLES = 65536
 _SAMPLER_SOURCE = Path(__file__).with_name("triton_sampler.py")
-META = "vae_deploy."  # the contract's metadata prefix (exporters.spec has it too, but imports torch)
+META = META_PREFIX
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,7 @@ def write_triton_repo(
     are copied only after their manifest checksums match. ``out`` is replaced atomically; a
     folder holding anything but these models is refused rather than overwritten.
     """
-    from vae_deploy.exporters.manifest import load_manifest
+    from vae_deploy.artifacts import load_manifest
     from vae_deploy.runtime import variant_file
 
     kind = kind.lower()
