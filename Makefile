@@ -31,5 +31,12 @@ test-all: install
 lint: install
 	$(BIN)/ruff check vae_deploy tests bench
 
+# The default sweep (a few minutes on 2 cores): the demo export plus the reference models.
+# BENCH_ARGS=--quick for a smoke run; see `vae-deploy bench --help`.
+bench: install
+	test -f export/manifest.json || { $(BIN)/vae-deploy train --quiet --out runs/demo/ckpt.pt && \
+		$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export; }
+	$(BIN)/vae-deploy bench export --out bench/results $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) runs build *.egg-info

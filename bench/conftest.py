@@ -48,8 +48,6 @@ def models() -> dict[str, vb.BenchModel]:
             exports = [str(ROOT / "export")] if (ROOT / "export" / "manifest.json").is_file() else []
         for d in exports:
             m = vb.prepare_export(d)
-            if m.name == "export":
-                m.name = "demo"
             _models[m.name] = m
         if os.environ.get("VAE_BENCH_REFERENCE", "1") != "0":
             for name in vb.REFERENCE_MODELS:

@@ -65,9 +65,13 @@ def test_report_schema_and_every_cell(quick_report):
         assert c["rounds"] == 2 and len(c["round_samples_per_s"]) == 2
         assert _num(c["speedup_vs_eager"]) and _num(c["gflops"]) and _num(c["ceiling_fraction"])
         if c["backend"] == "ort-cpu":
-            assert _num(c["overhead_vs_bare"])
+            assert _num(c["overhead_vs_bare"]) and _num(c["overhead_vs_bare_paired"])
         else:
-            assert c["overhead_vs_bare"] is None
+            assert c["overhead_vs_bare"] is None and c["overhead_vs_bare_paired"] is None
+    prof = model["runtime_overhead_profile"]
+    for op in ("sample", "encode"):
+        assert _num(prof[op]["overhead_us"]) and prof[op]["steps_us"]
+        assert all(_num(v) and v > 0 for v in prof[op]["steps_us"].values())
     assert cells[("tiny", "sample", "eager", 1)]["speedup_vs_eager"] == 1.0
 
     skipped = {s["backend"] for s in data["skipped"]}
@@ -88,6 +92,7 @@ def test_markdown_and_plots_written(quick_report):
     report, paths, out = quick_report
     md = paths["markdown"].read_text()
     assert "## Targets" in md and "## tiny: sampling" in md and "## tiny: encoder" in md
+    assert "## Runtime overhead at batch 1" in md
     assert "| ort-cpu-bare |" in md
     for name in ("throughput.png", "latency.png"):
         data = (out / name).read_bytes()
@@ -107,12 +112,18 @@ def test_flops_match_the_torch_count(exports):
 def test_time_group_interleaves_and_flags():
     order: list[str] = []
     calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
-    cfg = vb.BenchConfig(rounds=3, round_s=1e-4, warmup_s=0.0, max_calls_per_round=1)
+    cfg = vb.BenchConfig(rounds=6, round_s=1e-4, warmup_s=0.0, switch_warm_s=0.0, max_calls_per_round=1)
     res = vb.time_group(calls, 1, cfg)
     timed = order[6:]  # 3 backends x (cold + warm-up call) first
-    # every round: one re-warm call then one timed call per backend, starting one later each round
-    assert timed == ["a", "a", "b", "b", "c", "c", "b", "b", "c", "c", "a", "a", "c", "c", "a", "a", "b", "b"]
-    assert all(r["rounds"] == 3 for r in res.values())
+    # every round: one re-warm call then one timed call per backend, in that round's order
+    rounds = [timed[i:i + 6:2] for i in range(0, len(timed), 6)]
+    assert timed[::2] == timed[1::2] and len(rounds) == 6
+    assert rounds == vb.round_orders(["a", "b", "c"], 6)
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert {r[0] for r in rounds} == {"a", "b", "c"}  # every backend leads some round
+    follows = {(r[i], r[i + 1]) for r in rounds for i in range(2)}
+    assert follows == {(p, q) for p in "abc" for q in "abc" if p != q}
+    assert all(r["rounds"] == 6 for r in res.values())
 
     def boom():
         raise RuntimeError("no such kernel")

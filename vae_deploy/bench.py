@@ -97,7 +97,7 @@ TARGETS: tuple[dict[str, Any], ...] = (
     {"metric": "ceiling_fraction", "model": "ref-mlp28", "op": "sample", "batch_size": 512, "backend": ORT,
      "target": 0.85, "label": "MLP decoder batch 512 (Runtime), fraction of the matmul ceiling"},
     {"metric": "overhead_vs_bare", "model": "ref-mlp28", "op": "sample", "batch_size": 1, "backend": ORT,
-     "target": 0.05, "label": "Runtime overhead over bare InferenceSession.run, MLP sampling, batch 1",
+     "target": 0.05, "label": "Runtime overhead over bare InferenceSession.run (median call), MLP sampling, batch 1",
      "lower_is_better": True},
     {"metric": "batcher_ratio", "model": "ref-mlp28", "op": "sample", "batch_size": 64, "backend": ORT,
      "target": 0.70, "label": "micro-batcher, 64 concurrent single-sample callers vs offline batch 64"},
@@ -114,6 +114,7 @@ class BenchConfig:
     reference_models: bool = True
     rounds: int = 7
     round_s: float = 0.04  # target duration of one backend's round
+    switch_warm_s: float = 0.003  # untimed calls after switching to a backend (cheap calls only)
     warmup_s: float = 0.1  # per backend and group, after one cold call
     max_group_s: float = 12.0  # fewer rounds (never under min_rounds) for very slow groups
     min_rounds: int = 3
@@ -140,7 +141,7 @@ class BenchConfig:
         """Defaults for a full or quick run, then explicit overrides (None means default)."""
         base: dict[str, Any] = {}
         if quick:
-            base = dict(batch_sizes=QUICK_BATCH_SIZES, reference_models=False, rounds=3, round_s=0.004,
+            base = dict(batch_sizes=QUICK_BATCH_SIZES, reference_models=False, rounds=3, round_s=0.004, switch_warm_s=0.0005,
                         warmup_s=0.005, max_group_s=2.0, min_rounds=2, ceiling_size=512, ceiling_repeats=3,
                         batcher_window_s=0.25, batcher_rounds=1, quick=True)
         base.update({k: v for k, v in overrides.items() if v is not None})
@@ -250,6 +251,27 @@ def paired_ratio(num_sps: Sequence[float], den_sps: Sequence[float]) -> float | 
     return float(np.median(np.asarray(num_sps) / np.asarray(den_sps)))
 
 
+def round_orders(names: Sequence[str], rounds: int, seed: int = 0) -> list[list[str]]:
+    """The order of the backends in each round: a rotation, reversed every other round, then
+    shuffled in blocks, so over the rounds each backend starts, ends and follows every other
+    about equally often (the previous backend's lingering threads tax whoever comes next)."""
+    import random
+
+    names = list(names)
+    n = len(names)
+    if n == 0:
+        return [[] for _ in range(rounds)]
+    base = []
+    for r in range(max(rounds, 2 * n)):
+        rot = names[(r // 2) % n:] + names[: (r // 2) % n]
+        base.append(rot if r % 2 == 0 else rot[::-1])
+    rng = random.Random(seed)
+    block = base[: 2 * n]
+    rng.shuffle(block)
+    orders = (block * (rounds // len(block) + 1))[:rounds]
+    return [list(o) for o in orders]
+
+
 def time_group(calls: dict[str, Callable[[], Any]], batch_size: int, cfg: BenchConfig,
                log: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
     """Warm up, then time every callable in interleaved rounds. Returns stats per name.
@@ -290,12 +312,16 @@ def time_group(calls: dict[str, Callable[[], Any]], batch_size: int, cfg: BenchC
     gc.disable()
     monitor = CpuMonitor().start()
     try:
-        for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)] if names else []
+        for order in round_orders(names, rounds):
             for n in order:
                 fn = calls[n]
                 if per_call[n] < 0.02:
-                    fn()  # re-warm after the switch (caches, the other pool's spinning threads)
+                    # Re-warm after the switch: caches, and the previous backend's thread pool
+                    # still spinning (OpenMP, onnxruntime) would otherwise tax this one's first calls.
+                    t_end = perf() + cfg.switch_warm_s
+                    fn()
+                    while perf() < t_end:
+                        fn()
                 times = []
                 limit = perf() + max(2.0 * cfg.round_s, 2.0 * per_call[n] * k[n])
                 for _ in range(k[n]):  # k calls, cut short if the machine got much slower
@@ -772,6 +798,91 @@ def input_batch(model: BenchModel, batch_size: int, seed: int = 0) -> np.ndarray
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the Runtime's per-call overhead goes
+# ---------------------------------------------------------------------------------------------
+class _StubSession:
+    """Stands in for an InferenceSession: returns preallocated outputs at once, so timing a
+    Runtime around it measures only the Python wrapper."""
+
+    def __init__(self, outputs: list[np.ndarray]) -> None:
+        self.outputs = outputs
+
+    def run(self, names: Any, feeds: Any) -> list[np.ndarray]:
+        return self.outputs
+
+
+def _per_call_us(fn: Callable[[], Any], calls: int, rounds: int) -> float:
+    """Best-of-rounds mean time per call, in microseconds (pure-Python code: the minimum is the
+    cost without interference)."""
+    best = float("inf")
+    perf = time.perf_counter
+    for _ in range(rounds):
+        t0 = perf()
+        for _ in range(calls):
+            fn()
+        best = min(best, (perf() - t0) / calls)
+    return best * 1e6
+
+
+def profile_runtime_overhead(runtime: Any, calls: int = 2000, rounds: int = 15) -> dict[str, Any]:
+    """Cost of each step of ``Runtime.sample(1)`` and ``Runtime.encode(x[1])`` around the
+    session, measured with stub sessions (so onnxruntime's own time and its noise drop out),
+    against the bare equivalent (noise + ``session.run``). Microseconds per call."""
+    import copy
+
+    lat = tuple(runtime.latent_shape)
+    shape = tuple(d if d > 0 else 16 for d in runtime.input_shape)
+    z = np.zeros((1, *lat), np.float32)
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    stub = copy.copy(runtime)
+    stub.decoder_session = _StubSession([np.zeros((1, *shape), np.float32)])
+    stub.encoder_session = _StubSession([z, z])
+    dec, enc = stub.decoder_session, stub.encoder_session
+    rng = np.random.default_rng()
+    zn, xn, dec_out = runtime._z_name, runtime._x_name, runtime._dec_out
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        t = {
+            "sample": _per_call_us(lambda: stub.sample(1), calls, rounds),
+            "sample_bare": _per_call_us(lambda: dec.run(None, {zn: rng.standard_normal((1, *lat), dtype=np.float32)})[0],
+                                        calls, rounds),
+            "noise": _per_call_us(lambda: stub.noise((1, *lat)), calls, rounds),
+            "generator": _per_call_us(lambda: rng.standard_normal((1, *lat), dtype=np.float32), calls, rounds),
+            "chunked_decode": _per_call_us(lambda: stub._chunked(lambda c: (stub._decode(c),), z, 1), calls, rounds),
+            "decode_dispatch": _per_call_us(lambda: stub._decode(z), calls, rounds),
+            "run_named": _per_call_us(lambda: dec.run(dec_out, {zn: z}), calls, rounds),
+            "encode": _per_call_us(lambda: stub.encode(x), calls, rounds),
+            "encode_bare": _per_call_us(lambda: enc.run(None, {xn: x}), calls, rounds),
+            "prepare": _per_call_us(lambda: stub._prepare(x, stub.input_shape, "x"), calls, rounds),
+            "isfinite": _per_call_us(lambda: np.isfinite(x).all(), calls, rounds),
+            "chunked_encode": _per_call_us(lambda: stub._chunked(stub._encode, x, 2), calls, rounds),
+        }
+    finally:
+        if gc_was:
+            gc.enable()
+    sample_steps = {
+        "Backend.noise: n checks, lock, Generator.standard_normal": t["noise"],
+        "  of which Generator.standard_normal itself (the bare path pays it too)": t["generator"],
+        "Backend._chunked + lambda + Runtime._decode + session.run(stub)": t["chunked_decode"],
+        "  of which Runtime._decode + session.run(stub)": t["decode_dispatch"],
+        "  of which session.run(stub) itself": t["run_named"],
+    }
+    encode_steps = {
+        "Backend._prepare fast path: type/dtype/shape/contiguity checks + finiteness": t["prepare"],
+        "  of which np.isfinite(x).all()": t["isfinite"],
+        "Backend._chunked + Runtime._encode + session.run(stub)": t["chunked_encode"],
+    }
+    return {
+        "method": f"stub sessions; best of {rounds} rounds x {calls} calls; microseconds per call",
+        "sample": {"runtime_us": t["sample"], "bare_us": t["sample_bare"], "overhead_us": t["sample"] - t["sample_bare"],
+                   "steps_us": sample_steps},
+        "encode": {"runtime_us": t["encode"], "bare_us": t["encode_bare"], "overhead_us": t["encode"] - t["encode_bare"],
+                   "steps_us": encode_steps},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Micro-batcher
 # ---------------------------------------------------------------------------------------------
 def batcher_unavailable_reason() -> str | None:
@@ -950,14 +1061,28 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                     if "error" not in st:
                         cell["speedup_vs_eager"] = (paired_ratio(st["round_samples_per_s"], eager_rounds)
                                                     if eager_rounds else None)
+                        # The wrapper adds a fixed cost per call, so its overhead is read on the
+                        # median call (robust to stalls); the paired-throughput figure is kept too.
                         cell["overhead_vs_bare"] = None
+                        cell["overhead_vs_bare_paired"] = None
                         if name == ORT and bare_rounds:
+                            bare_p50 = res[BARE]["latency_ms"]["p50"]
+                            cell["overhead_vs_bare"] = st["latency_ms"]["p50"] / bare_p50 - 1.0
                             r = paired_ratio(bare_rounds, st["round_samples_per_s"])
-                            cell["overhead_vs_bare"] = None if r is None else r - 1.0
+                            cell["overhead_vs_bare_paired"] = None if r is None else r - 1.0
                         cell["gflops"] = flops * st["samples_per_s"] / 1e9 if flops else None
                         line.append(f"{name} {st['samples_per_s']:.4g}/s" + ("!" if st["disturbed"] else ""))
                     report["cells"].append(cell)
                 say(f"  {model.name} {op} bs {bs}: " + ", ".join(line))
+        if ORT in backends:
+            prof = profile_runtime_overhead(backends[ORT], calls=200 if cfg.quick else 2000,
+                                            rounds=3 if cfg.quick else 15)
+            for op in ("sample", "encode"):
+                bare = find_cell(report, model.name, op, BARE, 1) or {}
+                p50 = bare.get("latency_ms", {}).get("p50")
+                prof[op]["bare_p50_us"] = p50 * 1e3 if p50 else None
+                prof[op]["overhead_fraction_of_bare_p50"] = prof[op]["overhead_us"] / (p50 * 1e3) if p50 else None
+            report["models"][-1]["runtime_overhead_profile"] = prof
         if no_batcher is None and ORT in backends and (cfg.batcher_models is None or model.name in cfg.batcher_models):
             say(f"  {model.name} micro-batcher: {cfg.batcher_clients} clients ...")
             try:

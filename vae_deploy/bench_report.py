@@ -153,7 +153,7 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
                 if c["backend"] == "ort-cpu" and c.get("overhead_vs_bare") is not None:
                     extra.append(f"batch {c['batch_size']} {c['overhead_vs_bare']:+.1%}")
             if extra:
-                lines.append("Runtime overhead over bare `InferenceSession.run`: " + ", ".join(extra) + ".")
+                lines.append("Runtime overhead over bare `InferenceSession.run` (median call): " + ", ".join(extra) + ".")
             ceil_row = [f"batch {c['batch_size']} {c['gflops']:.1f} GFLOP/s ({c['ceiling_fraction']:.0%})"
                         for c in cells if c["backend"] == "ort-cpu" and c.get("gflops") and c.get("ceiling_fraction")]
             if ceil_row:
@@ -163,16 +163,53 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
                 lines.append(f"- {c['backend']} batch {c['batch_size']}: {c['error']}")
             lines.append("")
 
+    profs = [(mod["name"], mod["runtime_overhead_profile"]) for mod in report["models"]
+             if mod.get("runtime_overhead_profile")]
+    if profs:
+        lines += ["## Runtime overhead at batch 1", "",
+                  "Measured: `Runtime` vs bare `InferenceSession.run` on the same sessions, interleaved: ratio of "
+                  "the median call latencies, and of the round throughputs (paired; stalls make it noisy). "
+                  "Wrapper cost: the same calls with stub sessions (onnxruntime's time and noise removed), "
+                  "so it is the pure Python cost per call. Negative: within noise.", "",
+                  "| model | op | overhead (median call) | overhead (paired throughput) | bare p50 | "
+                  "wrapper cost (stub) | wrapper / bare p50 |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for name, prof in profs:
+            for op in ("sample", "encode"):
+                c = next((c for c in report["cells"] if c["model"] == name and c["op"] == op
+                          and c["backend"] == "ort-cpu" and c["batch_size"] == 1), None)
+                meas = c.get("overhead_vs_bare") if c else None
+                paired = c.get("overhead_vs_bare_paired") if c else None
+                p = prof[op]
+                frac = p.get("overhead_fraction_of_bare_p50")
+                lines.append(f"| {name} | {op} | {'–' if meas is None else f'{meas:+.1%}'} | "
+                             f"{'–' if paired is None else f'{paired:+.1%}'} | "
+                             f"{_us(p.get('bare_p50_us'))} | "
+                             f"{p['overhead_us']:.2f} µs | {'–' if frac is None else f'{frac:.1%}'} |")
+        name, prof = profs[0]
+        lines += ["", f"Where the wrapper's time goes ({name}; {prof['method']}):", ""]
+        for op, what in (("sample", "`Runtime.sample(1)`"), ("encode", "`Runtime.encode(x[1])`")):
+            p = prof[op]
+            lines.append(f"- {what}: {p['runtime_us']:.2f} µs vs bare {p['bare_us']:.2f} µs "
+                         f"(+{p['overhead_us']:.2f} µs):")
+            for step, us in p["steps_us"].items():
+                indent = "    " if step.startswith("  ") else "  "
+                lines.append(f"{indent}- {step.strip()}: {us:.2f} µs")
+        lines.append("")
+
     lines += ["## Micro-batcher", ""]
     if report["batcher"]:
-        lines += ["| model | clients | samples/s | offline batch-N samples/s | ratio | p50 / p99 latency |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += ["| model | clients | samples/s | offline batch-N samples/s | ratio | mean batch | p50 / p99 latency |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for b in report["batcher"]:
             if "error" in b:
-                lines.append(f"| {b['model']} | – | error: {b['error']} | | | |")
+                lines.append(f"| {b['model']} | – | error: {b['error']} | | | | |")
                 continue
+            st = b.get("batcher_stats")
+            mean_batch = (f"{st['items'] / st['batches']:.1f}" if isinstance(st, dict) and st.get("batches")
+                          and "items" in st else "–")
             lines.append(f"| {b['model']} | {b['clients']} | {_sps(b['samples_per_s'])} | "
-                         f"{_sps(b['offline_samples_per_s'])} (N={b['max_batch']}) | {b['ratio']:.0%} | "
+                         f"{_sps(b['offline_samples_per_s'])} (N={b['max_batch']}) | {b['ratio']:.0%} | {mean_batch} | "
                          f"{_ms(b['latency_ms']['p50'])} / {_ms(b['latency_ms']['p99'])} |")
         b0 = report["batcher"][0]
         lines.append("")
@@ -219,6 +256,10 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
     return "\n".join(lines)
 
 
+def _us(v: float | None) -> str:
+    return "–" if v is None else f"{v:.1f} µs"
+
+
 def _gf(v: float | None) -> str:
     return "–" if v is None else f"{v / 1e9:.4f}"
 
@@ -230,10 +271,12 @@ def _load(v: Any) -> str:
 def plot(report: dict[str, Any], path: Path, kind: str) -> Path:
     """One panel per model (columns) and op (rows); one line per backend; log-log axes."""
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     models = [m["name"] for m in report["models"]]
     ops = [op for op in report["config"]["ops"] if any(c["op"] == op for c in report["cells"])]
     backends = list(dict.fromkeys(c["backend"] for c in report["cells"]))
+    sizes = list(report["config"]["batch_sizes"])
     cmap = plt.get_cmap("tab10")
     colors = {b: cmap(i % 10) for i, b in enumerate(backends)}
     ncols, nrows = max(1, len(models)), max(1, len(ops))
@@ -258,6 +301,9 @@ def plot(report: dict[str, Any], path: Path, kind: str) -> Path:
                     ax.fill_between(xs, p50, p99, color=colors[b], alpha=0.12, lw=0)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            ax.set_xticks(sizes)
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(ticker.NullLocator())
             ax.grid(True, which="both", alpha=0.3)
             what = "sampling" if op == "sample" else "encoder"
             ax.set_title(f"{model}: {what}", fontsize=10)
