@@ -195,6 +195,7 @@ def cell_stats(round_times: list[float], call_times: list[float], round_calls: l
         "calls_per_round": max(round_calls),
         "calls": len(call_times),
         "samples_per_s": med,
+        "samples_per_s_best": float(max(sps)),
         "round_samples_per_s": sps,
         "latency_ms": {
             "p50": p50 * 1e3, "p95": p95 * 1e3, "p99": p99 * 1e3,
@@ -953,6 +954,7 @@ def measure_batcher(runtime: Any, cfg: BenchConfig, log: Callable[[str], None] |
         if callable(stats):
             stats = stats()
     ratio = paired_ratio(online_sps, offline_sps)
+    ratio_best = max(online_sps) / max(offline_sps) if online_sps and max(offline_sps) > 0 else None
     res: dict[str, Any] = {
         "clients": clients,
         "max_batch": mb_size,
@@ -964,6 +966,7 @@ def measure_batcher(runtime: Any, cfg: BenchConfig, log: Callable[[str], None] |
         "round_samples_per_s": online_sps,
         "round_offline_samples_per_s": offline_sps,
         "ratio": ratio,
+        "ratio_best": ratio_best,
         "latency_ms": {
             "p50": percentile(latencies, 50) * 1e3, "p95": percentile(latencies, 95) * 1e3,
             "p99": percentile(latencies, 99) * 1e3,
@@ -1061,16 +1064,23 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                     if "error" not in st:
                         cell["speedup_vs_eager"] = (paired_ratio(st["round_samples_per_s"], eager_rounds)
                                                     if eager_rounds else None)
+                        # Best round vs best round: what each backend does when the machine lets it
+                        # (noise only ever slows a round down), the contention-robust estimate.
+                        cell["speedup_vs_eager_best"] = (st["samples_per_s_best"] / res[EAGER]["samples_per_s_best"]
+                                                         if eager_rounds else None)
                         # The wrapper adds a fixed cost per call, so its overhead is read on the
                         # median call (robust to stalls); the paired-throughput figure is kept too.
                         cell["overhead_vs_bare"] = None
                         cell["overhead_vs_bare_paired"] = None
+                        cell["overhead_vs_bare_min"] = None
                         if name == ORT and bare_rounds:
                             bare_p50 = res[BARE]["latency_ms"]["p50"]
                             cell["overhead_vs_bare"] = st["latency_ms"]["p50"] / bare_p50 - 1.0
+                            cell["overhead_vs_bare_min"] = st["latency_ms"]["min"] / res[BARE]["latency_ms"]["min"] - 1.0
                             r = paired_ratio(bare_rounds, st["round_samples_per_s"])
                             cell["overhead_vs_bare_paired"] = None if r is None else r - 1.0
                         cell["gflops"] = flops * st["samples_per_s"] / 1e9 if flops else None
+                        cell["gflops_best"] = flops * st["samples_per_s_best"] / 1e9 if flops else None
                         line.append(f"{name} {st['samples_per_s']:.4g}/s" + ("!" if st["disturbed"] else ""))
                     report["cells"].append(cell)
                 say(f"  {model.name} {op} bs {bs}: " + ", ".join(line))
@@ -1095,6 +1105,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
         for b in backends.values():
             b.close()
         gc.collect()
+        ceiling.append(measure_matmul_ceiling(cfg.ceiling_size, cfg.ceiling_repeats))
     if no_batcher is not None:
         report["skipped"].append({"backend": "micro-batcher", "reason": no_batcher})
 
@@ -1102,10 +1113,11 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
     best = max(c["gflops"] for c in ceiling)
     report["matmul_ceiling"] = {"gflops": best, "measurements": ceiling,
                                 "method": f"best of {cfg.ceiling_repeats} fp32 {cfg.ceiling_size}^3 torch.mm and "
-                                          "numpy matmul, at the start and at the end of the run"}
+                                          "numpy matmul, at the start, after each model and at the end of the run"}
     for cell in report["cells"]:
         if "error" not in cell:
             cell["ceiling_fraction"] = cell["gflops"] / best if cell.get("gflops") else None
+            cell["ceiling_fraction_best"] = cell["gflops_best"] / best if cell.get("gflops_best") else None
     report["targets"] = evaluate_targets(report)
     report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["machine"]["other_processes_cpu_share"] = run_monitor.stop()
@@ -1120,13 +1132,18 @@ def find_cell(report: dict[str, Any], model: str, op: str, backend: str, batch_s
     return None
 
 
+BEST_OF = {"speedup_vs_eager": "speedup_vs_eager_best", "ceiling_fraction": "ceiling_fraction_best",
+           "overhead_vs_bare": "overhead_vs_bare_min", "batcher_ratio": "ratio_best"}
+
+
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target on the medians (the verdict) and on the best rounds (contention-robust)."""
     out = []
     for t in TARGETS:
         row = {k: t[k] for k in ("label", "metric", "model", "op", "batch_size", "backend", "target")}
         lower = bool(t.get("lower_is_better"))
         row["comparison"] = "<=" if lower else ">="
-        measured, note = None, ""
+        measured, best, note = None, None, ""
         if t["metric"] == "batcher_ratio":
             rec = next((b for b in report["batcher"] if b["model"] == t["model"]), None)
             if rec is None:
@@ -1135,7 +1152,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             elif "error" in rec:
                 note = rec["error"]
             else:
-                measured = rec["ratio"]
+                measured, best = rec["ratio"], rec.get("ratio_best")
         else:
             cell = find_cell(report, t["model"], t["op"], t["backend"], t["batch_size"])
             if cell is None:
@@ -1144,12 +1161,15 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 note = cell["error"]
             else:
                 measured = cell.get(t["metric"])
+                best = cell.get(BEST_OF[t["metric"]])
                 if measured is None:
                     note = f"{t['metric']} unavailable (baseline backend missing)"
                 if cell.get("disturbed"):
                     note = "disturbed cell: " + "; ".join(cell["disturbed_reasons"])
         row["measured"] = measured
         row["met"] = None if measured is None else (measured <= t["target"] if lower else measured >= t["target"])
+        row["measured_best"] = best
+        row["met_best"] = None if best is None else (best <= t["target"] if lower else best >= t["target"])
         row["note"] = note
         out.append(row)
     return out
@@ -1164,4 +1184,7 @@ def print_summary(report: dict[str, Any], file: Any = None) -> None:
         tgt = (f"{t['target']:.0%}" if t["metric"] in ("ceiling_fraction", "overhead_vs_bare", "batcher_ratio")
                else f"{t['target']}x")
         verdict = {True: "MET", False: "MISSED", None: "not measured"}[t["met"]]
-        print(f"{verdict:>12}  {t['label']}: {val} ({t['comparison']} {tgt})", file=file)
+        b = t.get("measured_best")
+        best = "" if b is None else (f"; best round {b:.1%}" if t["metric"] in ("ceiling_fraction", "overhead_vs_bare",
+                                                                               "batcher_ratio") else f"; best round {b:.2f}x")
+        print(f"{verdict:>12}  {t['label']}: {val} ({t['comparison']} {tgt}{best})", file=file)
