@@ -49,18 +49,26 @@ class Backend:
     def encode(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """x ``[N, *input_shape]`` (or one example) -> (mu, logvar) ``[N, *latent_shape]``."""
         x, single = self._prepare(x, self.input_shape, "x")
-        mu, logvar = self._chunked(self._encode, x, 2)
+        if 0 < x.shape[0] <= self.max_batch:  # one chunk: skip the chunking machinery
+            mu, logvar = self._encode(x)
+        else:
+            mu, logvar = self._chunked(self._encode, x, 2)
         return (mu[0], logvar[0]) if single else (mu, logvar)
 
     def decode(self, z: Any) -> np.ndarray:
         """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``."""
         z, single = self._prepare(z, self.latent_shape, "z")
-        (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        if 0 < z.shape[0] <= self.max_batch:
+            x_hat = self._decode(z)
+        else:
+            (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
         return x_hat[0] if single else x_hat
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """Draw ``n`` samples: z ~ N(0, I) in the host (seeded: reproducible), then decode."""
         z = self.noise((n, *self.latent_shape), seed)
+        if 0 < n <= self.max_batch:
+            return self._decode(z)
         (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
         return x_hat
 
