@@ -58,6 +58,8 @@ def test_report_schema_and_every_cell(quick_report):
     for key, c in cells.items():
         assert "error" not in c, (key, c.get("error"))
         assert _num(c["samples_per_s"]) and c["samples_per_s"] > 0
+        assert c["samples_per_s_best"] >= c["samples_per_s"]
+        assert c["contention"] is None or 0 <= c["contention"] <= 1
         assert set(c["latency_ms"]) == {"p50", "p95", "p99", "mean", "min"}
         assert all(_num(v) and v > 0 for v in c["latency_ms"].values())
         assert c["latency_ms"]["p50"] <= c["latency_ms"]["p95"] <= c["latency_ms"]["p99"]
@@ -80,8 +82,9 @@ def test_report_schema_and_every_cell(quick_report):
 
     assert len(data["targets"]) == len(vb.TARGETS)
     for t in data["targets"]:
-        assert {"label", "metric", "measured", "target", "met", "comparison", "note"} <= set(t)
-        assert t["met"] is None  # no reference model in a quick run: nothing claimed
+        assert {"label", "metric", "measured", "measured_best", "target", "met", "met_best", "comparison",
+                "note"} <= set(t)
+        assert t["met"] is None and t["met_best"] is None  # no reference model in a quick run: nothing claimed
     if vb.batcher_unavailable_reason() is None:
         (b,) = data["batcher"]
         assert b["model"] == "tiny" and b["clients"] == 8
