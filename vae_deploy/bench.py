@@ -242,7 +242,7 @@ class CpuMonitor:
         if elapsed <= 0:
             return None
         others = (busy - b0) - (t.user + t.system - own0)
-        return max(0.0, others / (elapsed * (os.cpu_count() or 1)))
+        return min(1.0, max(0.0, others / (elapsed * (os.cpu_count() or 1))))
 
 
 def paired_ratio(num_sps: Sequence[float], den_sps: Sequence[float]) -> float | None:
