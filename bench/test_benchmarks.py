@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.conftest import CFG, backend, models
+from bench.conftest import backend, models
 from vae_deploy import bench as vb
 
 
@@ -59,4 +59,3 @@ def test_batcher(benchmark, batcher_model) -> None:
     res = benchmark.pedantic(vb.measure_batcher, args=(rt, cfg), rounds=1, iterations=1)
     benchmark.group = f"{batcher_model} micro-batcher"
     benchmark.extra_info.update({k: res[k] for k in ("clients", "samples_per_s", "offline_samples_per_s", "ratio")})
-    assert CFG is not None

@@ -92,7 +92,8 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
                  + ". Environment: " + (", ".join(f"{k}={v}" for k, v in m["env"].items()) or "no thread variables set")
                  + ".")
     lines.append("")
-    meas = ", ".join(f"{c['torch.mm']:.1f} (torch) / {c['numpy.matmul']:.1f} (numpy)" for c in ceil["measurements"])
+    meas = ", ".join(f"{c['torch.mm']:.1f} (torch)" + (f" / {c['numpy.matmul']:.1f} (numpy)" if "numpy.matmul" in c else "")
+                     for c in ceil["measurements"])
     lines.append(f"fp32 matmul ceiling: **{ceil['gflops']:.1f} GFLOP/s** ({ceil['method']}: {meas}).")
     lines.append("")
 
@@ -120,7 +121,7 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
                  "each did while other processes left it the CPUs; the verdict is the median's.")
     lines.append("")
 
-    lines += ["## Models", "", "| model | what | decoder GFLOP/sample | encoder GFLOP/sample | backends | eager baseline |",
+    lines += ["## Models", "", "| model | what | decoder MFLOP/sample | encoder MFLOP/sample | backends | eager baseline |",
               "|---|---|---:|---:|---|---|"]
     for mod in report["models"]:
         fl = mod["flops_per_sample"]
@@ -275,7 +276,7 @@ def _us(v: float | None) -> str:
 
 
 def _gf(v: float | None) -> str:
-    return "–" if v is None else f"{v / 1e9:.4f}"
+    return "–" if v is None else f"{v / 1e6:.3g}"
 
 
 def _load(v: Any) -> str:
