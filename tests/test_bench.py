@@ -73,7 +73,9 @@ def test_report_schema_and_every_cell(quick_report):
     prof = model["runtime_overhead_profile"]
     for op in ("sample", "encode"):
         assert _num(prof[op]["overhead_us"]) and prof[op]["steps_us"]
-        assert all(_num(v) and v > 0 for v in prof[op]["steps_us"].values())
+        assert all(_num(v) and v >= 0 for v in prof[op]["steps_us"].values())
+        ab = prof[op]["ab"]
+        assert ab["pairs"] >= 50 and _num(ab["overhead"]) and _num(ab["median_diff_us"]) and ab["bare_p50_us"] > 0
     assert cells[("tiny", "sample", "eager", 1)]["speedup_vs_eager"] == 1.0
 
     skipped = {s["backend"] for s in data["skipped"]}

@@ -182,25 +182,24 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
              if mod.get("runtime_overhead_profile")]
     if profs:
         lines += ["## Runtime overhead at batch 1", "",
-                  "Measured: `Runtime` vs bare `InferenceSession.run` on the same sessions, interleaved: ratio of "
-                  "the median call latencies, and of the round throughputs (paired; stalls make it noisy). "
-                  "Wrapper cost: the same calls with stub sessions (onnxruntime's time and noise removed), "
-                  "so it is the pure Python cost per call. Negative: within noise.", "",
-                  "| model | op | overhead (median call) | overhead (paired throughput) | bare p50 | "
-                  "wrapper cost (stub) | wrapper / bare p50 |",
+                  "A/B: `Runtime` and bare `InferenceSession.run` on the same sessions, single calls alternated "
+                  "(bare, Runtime), (Runtime, bare), ...; the median of the per-pair differences over the bare "
+                  "call's median (robust to a drifting machine). Sweep: ratio of the median calls in the "
+                  "interleaved sweep (noisier). Wrapper: the same calls with stub sessions, i.e. the pure "
+                  "Python cost per call.", "",
+                  "| model | op | A/B overhead | A/B difference | bare p50 | sweep (median call) | wrapper (stub) |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         for name, prof in profs:
             for op in ("sample", "encode"):
+                if op not in prof:
+                    continue
                 c = next((c for c in report["cells"] if c["model"] == name and c["op"] == op
                           and c["backend"] == "ort-cpu" and c["batch_size"] == 1), None)
                 meas = c.get("overhead_vs_bare") if c else None
-                paired = c.get("overhead_vs_bare_paired") if c else None
                 p = prof[op]
-                frac = p.get("overhead_fraction_of_bare_p50")
-                lines.append(f"| {name} | {op} | {'–' if meas is None else f'{meas:+.1%}'} | "
-                             f"{'–' if paired is None else f'{paired:+.1%}'} | "
-                             f"{_us(p.get('bare_p50_us'))} | "
-                             f"{p['overhead_us']:.2f} µs | {'–' if frac is None else f'{frac:.1%}'} |")
+                ab = p.get("ab") or {}
+                lines.append(f"| {name} | {op} | {_pct(ab.get('overhead'))} | {_signed_us(ab.get('median_diff_us'))} | "
+                             f"{_us(p.get('bare_p50_us'))} | {_pct(meas)} | {p['overhead_us']:.2f} µs |")
         name, prof = profs[0]
         lines += ["", f"Where the wrapper's time goes ({name}; {prof['method']}):", ""]
         for op, what in (("sample", "`Runtime.sample(1)`"), ("encode", "`Runtime.encode(x[1])`")):
@@ -269,6 +268,14 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
     else:
         lines += ["![throughput](throughput.png)", "", "![latency](latency.png)", ""]
     return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.1%}"
+
+
+def _signed_us(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f} µs"
 
 
 def _us(v: float | None) -> str:
