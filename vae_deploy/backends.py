@@ -65,13 +65,31 @@ class Backend:
             (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
         return x_hat[0] if single else x_hat
 
-    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """Draw ``n`` samples: z ~ N(0, I) in the host (seeded: reproducible), then decode."""
-        z = self.noise((n, *self.latent_shape), seed)
+    def sample(self, n: int, seed: int | None = None, latent_shape: Sequence[int] | None = None) -> np.ndarray:
+        """Draw ``n`` samples: z ~ N(0, I) in the host (seeded: reproducible), then decode.
+
+        With a dynamic latent (a spatial VAE's ``[C, -1, -1]``) the size of z decides the size
+        of the samples: ``latent_shape`` picks it (e.g. ``(4, 24, 24)``), by default the
+        example latent shape recorded at export.
+        """
+        z = self.noise((n, *self.sample_latent_shape(latent_shape)), seed)
         if 0 < n <= self.max_batch:
             return self._decode(z)
         (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
         return x_hat
+
+    def sample_latent_shape(self, latent_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+        """A concrete per-example latent shape that fits the contract's (possibly dynamic) one."""
+        if latent_shape is None:
+            shape = tuple(self.spec.concrete_latent_shape)
+            if any(d < 0 for d in shape):
+                raise ValueError(f"the latent shape {_fmt(self.latent_shape)} has dynamic axes and the export "
+                                 "records no example latent shape; pass latent_shape=")
+            return shape
+        shape = tuple(int(d) for d in latent_shape)
+        if not (_matches(shape, self.latent_shape) and all(d > 0 for d in shape)):
+            raise ValueError(f"latent_shape must fit {_fmt(self.latent_shape)} with positive sizes, got {list(shape)}")
+        return shape
 
     def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None) -> np.ndarray:
         """Decode the posterior mean (default) or a reparameterised posterior sample."""

@@ -210,6 +210,8 @@ def spec_from_session(sess: ort.InferenceSession) -> ExportSpec:
             family=meta.get(f"{META_PREFIX}family", ""),
             scaling_factor=float(meta.get(f"{META_PREFIX}scaling_factor", "1.0")),
             dynamic_axes=tuple(meta.get(f"{META_PREFIX}dynamic_axes", "batch").split(",")),
+            example_input_shape=parse_shape(meta.get(f"{META_PREFIX}example_input_shape", "")),
+            example_latent_shape=parse_shape(meta.get(f"{META_PREFIX}example_latent_shape", "")),
             source_sha256=meta.get(f"{META_PREFIX}source_sha256", ""),
         )
     except KeyError as e:

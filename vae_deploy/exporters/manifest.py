@@ -103,6 +103,12 @@ def describe_export(folder: str | Path) -> str:
     lines = [f"export folder {folder}  (format v{manifest['format']['version']}, created {manifest.get('created')})"]
     m = manifest["model"]
     lines.append(f"model: {m['family']}  input {m['input_shape']}  latent {m['latent_shape']}  likelihood {m['likelihood']}")
+    if m.get("dynamic_axes", ["batch"]) != ["batch"] or m.get("scaling_factor", 1.0) != 1.0:
+        lines.append(f"dynamic axes {m.get('dynamic_axes')}; example input {m.get('example_input_shape')} -> latent "
+                     f"{m.get('example_latent_shape')}; latent scaling factor {m.get('scaling_factor')}")
+    if (m.get("config") or {}).get("adapter"):
+        c = m["config"]
+        lines.append(f"your own model: {c.get('class')} via {c.get('encode')} / {c.get('decode')}")
     src = manifest.get("source", {})
     lines.append(f"source: {src.get('path')}  sha256 {str(src.get('sha256'))[:16]}...")
     ex = manifest.get("export", {})
