@@ -79,8 +79,8 @@ def check_export(folder: Path, batch_sizes: list[int]) -> dict:
             speed = {}
             for bs in batch_sizes:
                 big = Runtime.load(folder, provider="cuda", precision=prec, max_batch=max(batch_sizes))
-                t_gpu = _time(lambda: big.sample(bs))
-                t_cpu = _time(lambda: cpu.sample(bs)) if prec == "fp32" else None
+                t_gpu = _time(lambda big=big, bs=bs: big.sample(bs))
+                t_cpu = _time(lambda bs=bs: cpu.sample(bs)) if prec == "fp32" else None
                 speed[bs] = {"cuda_samples_per_s": bs / t_gpu,
                              "cpu_fp32_samples_per_s": None if t_cpu is None else bs / t_cpu}
             entry["speed"] = speed
