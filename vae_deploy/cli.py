@@ -120,20 +120,49 @@ def _formats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
     return out
 
 
+def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from vae_deploy.errors import ExportError
+    from vae_deploy.exporters.variants import parse_precisions
+
+    try:
+        return parse_precisions(value)
+    except ExportError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @main.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True)
 @click.option("--format", "formats", default="onnx,torchscript", show_default=True, callback=_formats,
               help="Comma-separated: onnx, torchscript.")
 @click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True)
+@click.option("--precision", "precisions", default="fp32", show_default=True, callback=_precisions,
+              help="Comma-separated ONNX variants to write: fp32 (always), fp32-fast (exact CPU rewrite), "
+                   "int8, fp16 (for GPUs). E.g. fp32,fp32-fast,int8.")
+@click.option("--int8-method", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True,
+              help="auto: static (calibrated) for convolutional graphs, dynamic otherwise.")
+@click.option("--strict", is_flag=True,
+              help="Fail (writing nothing) if a requested variant fails its parity check, instead of dropping it.")
 @click.option("--no-verify", is_flag=True, help="Skip the post-export parity check against the eager model.")
 @_friendly_errors
-def export(checkpoint: Path, out: Path, formats: tuple[str, ...], opset: int, no_verify: bool) -> None:
+def export(checkpoint: Path, out: Path, formats: tuple[str, ...], opset: int, precisions: tuple[str, ...],
+           int8_method: str, strict: bool, no_verify: bool) -> None:
     """Export a checkpoint's encoder and decoder (ONNX, TorchScript) with a manifest."""
     from vae_deploy.exporters import export as run_export
+    from vae_deploy.exporters.fp16 import CPU_NOTE
 
-    result = run_export(checkpoint, out, formats=formats, opset=opset, verify=not no_verify)
+    result = run_export(checkpoint, out, formats=formats, opset=opset, verify=not no_verify,
+                        precisions=precisions, int8_method=int8_method, strict=strict)
     click.echo(export_table(result.manifest))
+    for v in result.variants:
+        if v.status == "dropped":
+            click.echo(f"dropped {v.precision}: {v.reason}", err=True)
+        elif v.status == "not applicable":
+            click.echo(f"skipped {v.precision}: {v.reason}", err=True)
+        for note in v.notes:
+            click.echo(f"note ({v.precision}): {note}", err=True)
+    if any(v.precision == "fp16" and v.status == "written" for v in result.variants):
+        click.echo(f"note: {CPU_NOTE}", err=True)
     click.echo(f"wrote {result.out_dir}/ in {result.seconds:.1f} s")
 
 
@@ -141,14 +170,17 @@ def export_table(manifest: dict[str, Any]) -> str:
     """file, size, and the parity measured at export (per backend that reads the file)."""
     parity = manifest.get("parity") or {}
     backends = parity.get("backends", {})
-    rows = [f"{'file':<22} {'size':>10}  {'precision':<9} parity vs eager (max abs error)"]
+    rows = [f"{'file':<24} {'size':>10}  {'precision':<9} parity vs eager (max abs error; test -ELBO rel diff)"]
     for name, e in manifest["files"].items():
         key = "torchscript" if e["format"] == "torchscript" else "onnxruntime-cpu"
         if e.get("precision", "fp32") != "fp32":
             key = f"{key}-{e['precision']}"
         b = backends.get(key)
-        verdict = "not verified" if b is None else f"{'PASS' if b['passed'] else 'FAIL'} ({b['max_abs_error']:.1e})"
-        rows.append(f"{name:<22} {e['size']:>10,d}  {e.get('precision', 'fp32'):<9} {verdict}")
+        verdict = "not verified" if b is None else f"{'PASS' if b['passed'] else 'FAIL'} ({b['max_abs_error']:.1e}"
+        if b is not None:
+            elbo = b.get("elbo_rel_diff")
+            verdict += f"; {elbo:.1e})" if elbo is not None else ")"
+        rows.append(f"{name:<24} {e['size']:>10,d}  {e.get('precision', 'fp32'):<9} {verdict}")
     return "\n".join(rows)
 
 

@@ -35,15 +35,16 @@ class Tolerance:
 # fp32: both sides compute the same maths in float32; differences come only from kernel
 # order, a few ulps. fp32-fast is the exactly rewritten graph (sub-pixel convolutions, folded
 # affine maps): the same bound, because the rewrite must be exact. fp16 variants carry ~3
-# decimal digits (outputs in [0, 1] differ by up to ~1e-3). int8 variants quantise weights and
-# activations to 256 levels, so their element-wise bound is loose (static quantisation of
-# convolutions reached ~7e-3 on random-weight decoders) and their real cost is judged on the
-# test-set ELBO, held to 0.5% (export/README.md, "Precision variants").
+# decimal digits (outputs in [0, 1] differ by up to ~1e-3). int8 variants quantise weights to
+# 7 bits and activations to 8: on trained models single outputs move by up to ~0.05-0.09 where
+# a sigmoid is steep (mean ~3e-3), so the element-wise bound only catches broken quantisation
+# (saturated kernels or clipped ranges gave 0.2-0.6); the quality gate is the test-set ELBO,
+# held to 0.5% (export/README.md, "Precision variants").
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
     "fp32-fast": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
     "fp16": Tolerance(atol=5e-3, rtol=1e-2, elbo_rtol=5e-3),
-    "int8": Tolerance(atol=2e-2, rtol=5e-2, elbo_rtol=5e-3),
+    "int8": Tolerance(atol=1e-1, rtol=1e-1, elbo_rtol=5e-3),
 }
 
 

@@ -16,6 +16,12 @@ thread, CPU time (bench/variants.py reproduces them):
   AVX2 without VNNI sum pairs of products in int16 and saturate with full 8-bit weights; on
   the MLP that gave 3.4e-2 max error instead of 2.4e-3. Unsigned weights avoid it but ran
   1.3x slower. VNNI and ARM machines lose nothing measurable with 7-bit weights.
+- **Per-channel weight scales**: on a trained MLP (digits) they halved the decoder's error
+  (max 6.6e-2 -> 3.0e-2, mean 4.2e-3 -> 2.2e-3) at the same speed.
+- **Calibration** for the decoder covers posterior means, N(0, I) draws *and* +-4 sigma
+  corners: without the corners min/max ranges clip there (errors up to 0.6 on a trained conv
+  decoder); with them, typical inputs lose about 2x resolution (mean error 2.9e-3 -> 5.8e-3),
+  the test ELBO moves 0.13%.
 - ConvTranspose is never quantised: onnxruntime's CPU provider has no int8 kernel for it,
   so Q/DQ around it would only add work (the fp32-fast rewrite turns the wide ones into
   Conv first).
@@ -119,8 +125,8 @@ def quantize_int8(
             if chosen == "dynamic":
                 ops = list(op_types or DYNAMIC_OPS)
                 quantize_dynamic(_clean(model), out, op_types_to_quantize=ops, weight_type=QuantType.QInt8,
-                                 reduce_range=True, per_channel=False, extra_options={"MatMulConstBOnly": True})
-                info: dict[str, Any] = {"method": "dynamic", "ops": ops, "weights": "int8 per tensor, 7-bit range",
+                                 reduce_range=True, per_channel=True, extra_options={"MatMulConstBOnly": True})
+                info: dict[str, Any] = {"method": "dynamic", "ops": ops, "weights": "int8 per channel, 7-bit range",
                                         "activations": "uint8, range measured per batch at run time"}
             else:
                 assert calibration is not None
