@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 # resolving `torch<2.14` to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean cpp
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(BIN)/vae-deploy train --out runs/demo/ckpt.pt
+	$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export
+	$(BIN)/vae-deploy verify export --json runs/demo/verify.json
+	$(BIN)/vae-deploy sample export -n 64 --seed 0 --out runs/demo/samples.npy --grid runs/demo/samples.png
+	@echo "demo done: checkpoint runs/demo/ckpt.pt, export/ (see export/README.md), samples runs/demo/samples.png"
 
 test: install
 	$(PYTHON) -m pytest -q -m "not slow"
@@ -30,6 +34,10 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check vae_deploy tests bench
+
+# C++ consumer of export/ (cpp/README.md): fetches ONNX Runtime headers once, builds cpp/build/.
+cpp: install
+	PYTHON=$(abspath $(PYTHON)) cpp/build.sh
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -45,3 +45,19 @@ def tiny_ckpts(tmp_path_factory, digits) -> dict[str, Path]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, tiny_ckpts) -> dict[str, Path]:
+    """Each tiny checkpoint exported (ONNX + TorchScript, verified) once per session."""
+    from vae_deploy.exporters import export
+
+    root = tmp_path_factory.mktemp("exports")
+    return {family: export(ckpt, root / family).out_dir for family, ckpt in tiny_ckpts.items()}
+
+
+def copy_export(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst

@@ -1,0 +1,225 @@
+// vae_sample: run an exported VAE from the command line (see usage() and cpp/README.md).
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "vae_deploy/image.hpp"
+#include "vae_deploy/model.hpp"
+#include "vae_deploy/npy.hpp"
+#include "vae_deploy/random.hpp"
+
+namespace {
+
+const char* const kUsage = R"(usage: vae_sample --model DIR [mode] [options]
+
+Runs the ONNX files of a vae-deploy export folder (DIR/encoder.onnx, DIR/decoder.onnx).
+
+modes (default: sample)
+  (none)               draw N latents z ~ N(0, I) from --seed and decode them to x_hat
+  --z-file Z.npy       decode the latents in Z.npy, [N, *latent_shape] float32/float64
+  --x-file X.npy       encode the data in X.npy, [N, *input_shape]: mu goes to --out,
+                       logvar to --logvar-out, decode(mu) to --recon-out
+  --info               print the models' metadata and the ONNX Runtime version
+
+options
+  --n N                number of samples (sample mode; default 16)
+  --seed S             seed of the latent generator (sample mode; default 0)
+  --out FILE.npy       x_hat (sample, --z-file) or mu (--x-file), float32
+  --save-z FILE.npy    sample mode: also write the latents that were decoded
+  --logvar-out FILE    --x-file mode: write logvar
+  --recon-out FILE     --x-file mode: write decode(mu)
+  --grid FILE          write x_hat (or the reconstruction) as a PGM (C=1) / PPM (C=3) grid
+  --threads T          intra-op threads of each session (default 0: ONNX Runtime decides)
+  --repeat R           time R more runs of the mode's work after --warmup W (default 3)
+                       and print the median batch latency and samples/s
+  -h, --help           this text
+)";
+
+struct UsageError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Args {
+  std::string model, z_file, x_file, out, save_z, logvar_out, recon_out, grid;
+  int64_t n = 16;
+  uint64_t seed = 0;
+  int threads = 0;
+  int repeat = 0, warmup = 3;
+  bool info = false;
+  bool help = false;
+};
+
+int64_t parse_int(const std::string& flag, const std::string& text, int64_t min) {
+  std::size_t used = 0;
+  int64_t v = 0;
+  try {
+    v = std::stoll(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || text.empty() || v < min)
+    throw UsageError(flag + " needs an integer >= " + std::to_string(min) + ", got '" + text + "'");
+  return v;
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  std::vector<std::string> rest(argv + 1, argv + argc);
+  for (std::size_t i = 0; i < rest.size(); ++i) {
+    const std::string& flag = rest[i];
+    auto value = [&]() -> const std::string& {
+      if (i + 1 >= rest.size()) throw UsageError(flag + " needs a value");
+      return rest[++i];
+    };
+    if (flag == "-h" || flag == "--help") {
+      a.help = true;
+      return a;
+    } else if (flag == "--model") a.model = value();
+    else if (flag == "--z-file") a.z_file = value();
+    else if (flag == "--x-file") a.x_file = value();
+    else if (flag == "--out") a.out = value();
+    else if (flag == "--save-z") a.save_z = value();
+    else if (flag == "--logvar-out") a.logvar_out = value();
+    else if (flag == "--recon-out") a.recon_out = value();
+    else if (flag == "--grid") a.grid = value();
+    else if (flag == "--n") a.n = parse_int(flag, value(), 1);
+    else if (flag == "--seed") a.seed = static_cast<uint64_t>(parse_int(flag, value(), 0));
+    else if (flag == "--threads") a.threads = static_cast<int>(parse_int(flag, value(), 0));
+    else if (flag == "--repeat") a.repeat = static_cast<int>(parse_int(flag, value(), 1));
+    else if (flag == "--warmup") a.warmup = static_cast<int>(parse_int(flag, value(), 0));
+    else if (flag == "--info") a.info = true;
+    else throw UsageError("unknown argument '" + flag + "'");
+  }
+  if (a.model.empty()) throw UsageError("--model DIR is required");
+  if (!a.z_file.empty() && !a.x_file.empty()) throw UsageError("give --z-file or --x-file, not both");
+  if (a.x_file.empty() && (!a.logvar_out.empty() || !a.recon_out.empty()))
+    throw UsageError("--logvar-out and --recon-out need --x-file");
+  if (!a.save_z.empty() && (!a.z_file.empty() || !a.x_file.empty())) throw UsageError("--save-z is for sample mode");
+  if (!a.x_file.empty() && !a.grid.empty() && a.recon_out.empty())
+    throw UsageError("--grid in --x-file mode shows the reconstruction: add --recon-out");
+  return a;
+}
+
+std::string model_file(const std::string& model, const std::string& role) {
+  return (std::filesystem::path(model) / (role + ".onnx")).string();
+}
+
+void save(const std::string& path, const vae::Tensor& t, const char* what) {
+  if (path.empty()) return;
+  vae::write_npy(path, t);
+  std::cout << "wrote " << what << " " << vae::to_string(t.shape) << " to " << path << '\n';
+}
+
+void save_grid(const std::string& path, const vae::Tensor& x) {
+  if (path.empty()) return;
+  vae::write_image_grid(path, x);
+  std::cout << "wrote image grid of " << x.shape[0] << " to " << path << '\n';
+}
+
+void print_info(const std::string& file) {
+  if (!std::filesystem::exists(file)) return;
+  const bool enc = std::filesystem::path(file).stem() == "encoder";
+  const vae::Metadata m = enc ? vae::VaeEncoder(file).metadata() : vae::VaeDecoder(file).metadata();
+  std::cout << file << '\n';
+  for (const auto& kv : m.props) std::cout << "  " << kv.first << " = " << kv.second << '\n';
+}
+
+// Runs `work` `warmup` times, then `repeat` times under the clock; prints the median batch
+// latency and the throughput it implies.
+void bench(const std::string& what, int64_t batch, int threads, int warmup, int repeat,
+           const std::function<void()>& work) {
+  for (int i = 0; i < warmup; ++i) work();
+  std::vector<double> ms;
+  for (int i = 0; i < repeat; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  const double median = ms[ms.size() / 2], p95 = ms[std::min(ms.size() - 1, ms.size() * 95 / 100)];
+  std::printf("bench: %s batch=%lld threads=%d repeat=%d median_ms=%.4f p95_ms=%.4f samples_per_s=%.1f\n",
+              what.c_str(), static_cast<long long>(batch), threads, repeat, median, p95, 1000.0 * batch / median);
+}
+
+int run(const Args& a) {
+  if (a.help) {
+    std::cout << kUsage;
+    return 0;
+  }
+  vae::SessionConfig cfg;
+  cfg.intra_op_threads = a.threads;
+
+  if (a.info) {
+    std::cout << "onnxruntime " << vae::onnxruntime_version() << '\n';
+    const std::string enc = model_file(a.model, "encoder"), dec = model_file(a.model, "decoder");
+    if (!std::filesystem::exists(enc) && !std::filesystem::exists(dec))
+      throw vae::Error("model file not found: neither " + enc + " nor " + dec);
+    print_info(enc);
+    print_info(dec);
+    return 0;
+  }
+
+  if (!a.x_file.empty()) {  // encode
+    const vae::VaeEncoder encoder(model_file(a.model, "encoder"), cfg);
+    std::optional<vae::VaeDecoder> decoder;
+    if (!a.recon_out.empty()) decoder.emplace(model_file(a.model, "decoder"), cfg);
+    const vae::Tensor x = vae::read_npy(a.x_file);
+    const vae::Posterior q = encoder.encode(x);
+    save(a.out, q.mu, "mu");
+    save(a.logvar_out, q.logvar, "logvar");
+    if (decoder) {
+      const vae::Tensor recon = decoder->decode(q.mu);
+      save(a.recon_out, recon, "reconstruction");
+      save_grid(a.grid, recon);
+    }
+    if (a.repeat) bench("encode", x.shape[0], a.threads, a.warmup, a.repeat, [&] { encoder.encode(x); });
+    return 0;
+  }
+
+  const vae::VaeDecoder decoder(model_file(a.model, "decoder"), cfg);
+  if (!a.grid.empty() && !vae::is_image_shape(decoder.input_shape()))
+    throw vae::Error("--grid needs an image model (input_shape C,H,W with C 1 or 3), this one has input_shape " +
+                     vae::to_string(decoder.input_shape()));
+  if (!a.z_file.empty()) {  // decode
+    const vae::Tensor z = vae::read_npy(a.z_file);
+    const vae::Tensor x = decoder.decode(z);
+    save(a.out, x, "x_hat");
+    save_grid(a.grid, x);
+    if (a.repeat) bench("decode", z.shape[0], a.threads, a.warmup, a.repeat, [&] { decoder.decode(z); });
+    return 0;
+  }
+
+  // sample
+  const vae::Tensor z = vae::sample_latents(decoder.latent_shape(), a.n, a.seed);
+  const vae::Tensor x = decoder.decode(z);
+  save(a.save_z, z, "z");
+  save(a.out, x, "x_hat");
+  save_grid(a.grid, x);
+  if (a.repeat)
+    bench("sample", a.n, a.threads, a.warmup, a.repeat,
+          [&] { decoder.decode(vae::sample_latents(decoder.latent_shape(), a.n, a.seed)); });
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const UsageError& e) {
+    std::cerr << "vae_sample: " << e.what() << "\n(see vae_sample --help)\n";
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "vae_sample: error: " << e.what() << '\n';
+    return 1;
+  }
+}

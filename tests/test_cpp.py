@@ -1,0 +1,426 @@
+"""The C++ consumer (cpp/): build it, run vae_sample on the suite's exports (and a toy with
+multi-dimensional latents), and hold it to onnxruntime in Python on the same files; its
+errors; its memory (valgrind).
+
+The first run builds cpp/ into cpp/build/ (cpp/build.sh, which fetches the ONNX Runtime
+headers once into cpp/third_party/); later runs reuse that build.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from vae_deploy.exporters import export
+from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
+
+CPP = Path(__file__).resolve().parents[1] / "cpp"
+TOL = 1e-5
+FETCH_FAILED = 3  # get-onnxruntime.sh's exit status when the headers cannot be fetched
+
+
+# --- building ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def vae_sample() -> Path:
+    missing = [t for t in ("cmake", "c++") if shutil.which(t) is None]
+    if missing:
+        pytest.skip(f"cannot build cpp/: {' and '.join(missing)} not installed")
+    env = {**os.environ, "PYTHON": sys.executable}
+    r = subprocess.run([str(CPP / "build.sh")], env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode == FETCH_FAILED:
+        pytest.skip(f"the ONNX Runtime headers could not be fetched: {r.stderr.strip().splitlines()[-1]}")
+    assert r.returncode == 0, f"cpp/build.sh failed:\n{r.stdout}\n{r.stderr}"
+    exe = Path(r.stdout.strip().splitlines()[-1])
+    assert exe.is_file(), exe
+    return exe
+
+
+def run_cpp(exe: Path, *args: object, ok: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    r = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert r.returncode == 0, f"vae_sample {' '.join(map(str, args))} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+# --- exports -------------------------------------------------------------------------------
+
+
+class SpatialVAE(nn.Module):
+    """A diffusers-style toy: colour 8x8 images, latents [2, 4, 4] (multi-dimensional)."""
+
+    input_shape, latent_shape = (3, 8, 8), (2, 4, 4)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 4, 4, stride=2, padding=1)
+        self.dec = nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-30, 20)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.dec(z))
+
+    def exportable(self) -> Exportable:
+        gen = torch.Generator().manual_seed(0)
+        spec = ExportSpec(input_shape=self.input_shape, latent_shape=self.latent_shape, family="toy")
+        return Exportable(
+            EncoderGraph(self.encode, self), DecoderGraph(self.decode, self), spec,
+            torch.rand((2, *self.input_shape), generator=gen), torch.randn((2, *self.latent_shape), generator=gen),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cpp_exports(exports, tmp_path_factory) -> dict[str, Path]:
+    """The suite's tiny mlp and conv exports (trained, verified), and a spatial-latent toy."""
+    torch.manual_seed(0)
+    spatial = SpatialVAE().eval()
+    out = tmp_path_factory.mktemp("cpp-exports") / "spatial"
+    return {**exports, "spatial": export(spatial.exportable(), out, formats=("onnx",), verify=False).out_dir}
+
+
+FAMILIES = ["mlp", "conv", "spatial"]
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def shapes(model_dir: Path) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    props = {p.key: p.value for p in onnx.load(str(model_dir / "decoder.onnx")).metadata_props}
+    parse = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
+    return parse(props["vae_deploy.input_shape"]), parse(props["vae_deploy.latent_shape"])
+
+
+def max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.float32, (a.shape, a.dtype, b.shape, b.dtype)
+    return float(np.max(np.abs(a - b)))
+
+
+# --- parity with onnxruntime in Python -------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_decodes_like_python(vae_sample, cpp_exports, family, tmp_path):
+    model = cpp_exports[family]
+    input_shape, latent_shape = shapes(model)
+    run_cpp(vae_sample, "--model", model, "--n", 16, "--seed", 7,
+            "--save-z", tmp_path / "z.npy", "--out", tmp_path / "x.npy")  # fmt: skip
+    z, x = np.load(tmp_path / "z.npy"), np.load(tmp_path / "x.npy")
+    assert z.shape == (16, *latent_shape) and x.shape == (16, *input_shape)
+    (expected,) = session(model / "decoder.onnx").run(None, {"z": z})
+    assert max_abs(x, expected) <= TOL
+    # a seed is a seed: the same one draws the same latents, another one others
+    run_cpp(vae_sample, "--model", model, "--n", 16, "--seed", 7, "--save-z", tmp_path / "z2.npy")
+    run_cpp(vae_sample, "--model", model, "--n", 16, "--seed", 8, "--save-z", tmp_path / "z3.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "z2.npy"), z)
+    assert not np.array_equal(np.load(tmp_path / "z3.npy"), z)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_decode_z_file_like_python(vae_sample, cpp_exports, family, dtype, rng, tmp_path):
+    model = cpp_exports[family]
+    _, latent_shape = shapes(model)
+    z = rng.standard_normal((5, *latent_shape)).astype(dtype)
+    np.save(tmp_path / "z.npy", z)
+    run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", "--out", tmp_path / "x.npy")
+    (expected,) = session(model / "decoder.onnx").run(None, {"z": z.astype(np.float32)})
+    assert max_abs(np.load(tmp_path / "x.npy"), expected) <= TOL
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_encode_x_file_like_python(vae_sample, cpp_exports, family, rng, tmp_path):
+    model = cpp_exports[family]
+    input_shape, _ = shapes(model)
+    x = rng.random((9, *input_shape), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run_cpp(vae_sample, "--model", model, "--x-file", tmp_path / "x.npy", "--out", tmp_path / "mu.npy",
+            "--logvar-out", tmp_path / "logvar.npy", "--recon-out", tmp_path / "recon.npy")  # fmt: skip
+    mu, logvar = session(model / "encoder.onnx").run(["mu", "logvar"], {"x": x})
+    (recon,) = session(model / "decoder.onnx").run(None, {"z": mu})
+    assert max_abs(np.load(tmp_path / "mu.npy"), mu) <= TOL
+    assert max_abs(np.load(tmp_path / "logvar.npy"), logvar) <= TOL
+    assert max_abs(np.load(tmp_path / "recon.npy"), recon) <= TOL
+
+
+# --- the latent generator is the documented one ------------------------------------------------
+
+
+def mt19937_64(seed: int) -> Iterator[int]:
+    """std::mt19937_64, from the constants the C++ standard gives."""
+    n, m, mask = 312, 156, (1 << 64) - 1
+    lower, upper = (1 << 31) - 1, mask ^ ((1 << 31) - 1)
+    mt = [seed & mask]
+    for i in range(1, n):
+        mt.append((6364136223846793005 * (mt[-1] ^ (mt[-1] >> 62)) + i) & mask)
+    while True:
+        for i in range(n):
+            y = (mt[i] & upper) | (mt[(i + 1) % n] & lower)
+            mt[i] = mt[(i + m) % n] ^ (y >> 1) ^ (0xB5026F5AA96619E9 if y & 1 else 0)
+        for y in mt:
+            y ^= (y >> 29) & 0x5555555555555555
+            y ^= (y << 17) & 0x71D67FFFEDA60000
+            y ^= (y << 37) & 0xFFF7EEE000000000
+            yield (y ^ (y >> 43)) & mask
+
+
+def box_muller(seed: int, count: int) -> np.ndarray:
+    bits = mt19937_64(seed)
+    uniform = lambda: ((next(bits) >> 11) + 0.5) * 2.0**-53  # noqa: E731
+    out = []
+    while len(out) < count:
+        r, theta = math.sqrt(-2.0 * math.log(uniform())), 2.0 * math.pi * uniform()
+        out += [r * math.cos(theta), r * math.sin(theta)]
+    return np.array(out[:count], dtype=np.float32)
+
+
+def test_latents_follow_the_documented_generator(vae_sample, cpp_exports, tmp_path):
+    # the reference itself: the standard's check value, the 10000th output for the default seed
+    gen = mt19937_64(5489)
+    assert [next(gen) for _ in range(10000)][-1] == 9981545732273789042
+
+    run_cpp(
+        vae_sample,
+        "--model",
+        cpp_exports["spatial"],
+        "--n",
+        33,
+        "--seed",
+        123,
+        "--save-z",
+        tmp_path / "z.npy",
+    )
+    z = np.load(tmp_path / "z.npy")  # 33 * 32 values: odd pairs, and more than one draw per example
+    np.testing.assert_allclose(z.ravel(), box_muller(123, z.size), rtol=1e-6, atol=1e-6)
+    assert abs(z.mean()) < 0.1 and 0.9 < z.std() < 1.1
+
+
+# --- output formats ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("family", "magic", "channels"), [("conv", b"P5", 1), ("spatial", b"P6", 3)])
+def test_image_grid(vae_sample, cpp_exports, family, magic, channels, tmp_path):
+    grid = tmp_path / "grid.pnm"
+    run_cpp(
+        vae_sample, "--model", cpp_exports[family], "--n", 10, "--out", tmp_path / "x.npy", "--grid", grid
+    )
+    data = grid.read_bytes()
+    # 10 images of 8x8: 4 columns and 3 rows of 8 pixels, with 1-pixel lines between and around
+    header = magic + b"\n37 28\n255\n"
+    assert data.startswith(header) and len(data) == len(header) + 37 * 28 * channels
+    pixels = np.frombuffer(data[len(header) :], np.uint8).reshape(28, 37, channels)
+    x = np.load(tmp_path / "x.npy")
+    np.testing.assert_array_equal(pixels[1:9, 1:9].transpose(2, 0, 1), np.rint(x[0] * 255).astype(np.uint8))
+
+
+def test_npy_output_is_plain_float32(vae_sample, cpp_exports, tmp_path):
+    run_cpp(vae_sample, "--model", cpp_exports["mlp"], "--n", 3, "--out", tmp_path / "x.npy")
+    raw = (tmp_path / "x.npy").read_bytes()
+    assert raw[:8] == b"\x93NUMPY\x01\x00"
+    header_len = int.from_bytes(raw[8:10], "little")
+    assert (10 + header_len) % 64 == 0
+    x = np.load(tmp_path / "x.npy", allow_pickle=False)
+    assert x.dtype == np.dtype("<f4") and x.shape == (3, 1, 8, 8) and x.flags.c_contiguous
+
+
+def test_bench_prints_throughput(vae_sample, cpp_exports):
+    r = run_cpp(
+        vae_sample, "--model", cpp_exports["mlp"], "--n", 64, "--threads", 1, "--repeat", 5, "--warmup", 1
+    )
+    line = r.stdout.strip().splitlines()[-1]
+    assert (
+        line.startswith("bench: sample batch=64 threads=1 repeat=5")
+        and float(line.split("samples_per_s=")[1]) > 0
+    )
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+def _shape(s: tuple[int, ...]) -> str:
+    return ",".join(map(str, s))
+
+
+def tiny_decoder(
+    path: Path,
+    *,
+    input_name: str = "z",
+    input_type: int = TensorProto.FLOAT,
+    graph_latent: int = 4,
+    x_shape: tuple[int, ...] = (1, 2, 2),
+    meta: dict[str, str | None] | None = None,
+) -> Path:
+    """A hand-built decoder graph: z [N, k] -> MatMul -> Reshape -> x_hat [N, *x_shape]."""
+    size = math.prod(x_shape)
+    w = helper.make_tensor(
+        "w", TensorProto.FLOAT, [graph_latent, size], np.ones(graph_latent * size).tolist()
+    )
+    target = helper.make_tensor("target", TensorProto.INT64, [1 + len(x_shape)], [-1, *x_shape])
+    nodes = [
+        helper.make_node("Cast", [input_name], ["zf"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["zf", "w"], ["flat"]),
+        helper.make_node("Reshape", ["flat", "target"], ["x_hat"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "decoder",
+        [helper.make_tensor_value_info(input_name, input_type, ["batch", graph_latent])],
+        [helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, ["batch", *x_shape])],
+        initializer=[w, target],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    props: dict[str, str | None] = {
+        "format_version": "1", "role": "decoder", "input_shape": _shape(x_shape), "latent_shape": "4", "latent_dim": "4",
+    }  # fmt: skip
+    props.update(meta or {})
+    helper.set_model_props(proto, {f"vae_deploy.{k}": v for k, v in props.items() if v is not None})
+    path.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(path / "decoder.onnx"))
+    return path
+
+
+@pytest.mark.parametrize("input_shape", ["1,2,2", "1,-1,-1", "1,height,width"])
+def test_hand_built_decoder_runs(vae_sample, input_shape, tmp_path):
+    # the baseline that the broken variants below depart from; metadata axes that are not
+    # positive sizes are dynamic (the exporter writes -1) and accept the graph's sizes
+    model = tiny_decoder(tmp_path / "ok", meta={"input_shape": input_shape})
+    run_cpp(vae_sample, "--model", model, "--n", 2, "--out", tmp_path / "x.npy", "--grid", tmp_path / "x.pgm")
+    assert np.load(tmp_path / "x.npy").shape == (2, 1, 2, 2)
+
+
+def test_dynamic_latent_axes_need_a_z_file(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "dyn", meta={"latent_shape": "-1", "latent_dim": None})
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, ok=False)
+    assert r.returncode == 1 and "has a dynamic axis; give the latents with --z-file" in r.stderr, r.stderr
+    np.save(tmp_path / "z.npy", np.ones((2, 4), np.float32))
+    run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", "--out", tmp_path / "x.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.full((2, 1, 2, 2), 4, np.float32))
+
+
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        ({"input_name": "latent"}, "must have exactly one input 'z', the graph has 'latent'"),
+        ({"input_type": TensorProto.DOUBLE}, "input 'z' should be float32 [N, 4] (metadata vae_deploy.latent_shape), "
+                                             "the graph declares 'z' float64 [?, 4]"),
+        ({"meta": {"latent_shape": "8", "latent_dim": "8"}},
+         "input 'z' should be float32 [N, 8] (metadata vae_deploy.latent_shape), the graph declares 'z' float32 [?, 4]"),
+        ({"meta": {"latent_shape": "2,2"}}, "input 'z' should be float32 [N, 2, 2]"),
+        ({"meta": {"input_shape": "1,4,4"}}, "output 'x_hat' should be float32 [N, 1, 4, 4] (metadata "
+                                             "vae_deploy.input_shape), the graph declares 'x_hat' float32 [?, 1, 2, 2]"),
+        ({"meta": {"latent_dim": "5"}}, "vae_deploy.latent_dim is '5' but vae_deploy.latent_shape [4] has 4 elements"),
+        ({"meta": {"role": "encoder"}}, "expected a decoder (vae_deploy.role), the file says 'encoder'"),
+        ({"meta": {"format_version": "2"}}, "vae_deploy.format_version is '2', this program reads version 1"),
+        ({"meta": {"latent_shape": None}}, "metadata_props has no 'vae_deploy.latent_shape'"),
+        ({"meta": {"latent_shape": "4,,2"}}, "expected comma-separated sizes"),
+    ],
+    ids=["input-name", "input-dtype", "latent-mismatch", "latent-rank", "output-mismatch", "latent-dim",
+         "role", "format-version", "no-metadata", "bad-shape-text"],
+)  # fmt: skip
+def test_clear_error_for_a_model_that_breaks_the_contract(vae_sample, variant, message, tmp_path):
+    model = tiny_decoder(tmp_path / "bad", **variant)
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, ok=False)
+    assert r.returncode == 1, r.stderr
+    assert "decoder.onnx" in r.stderr and message in r.stderr, r.stderr
+
+
+def test_clear_error_for_a_missing_model(vae_sample, tmp_path):
+    r = run_cpp(vae_sample, "--model", tmp_path / "nowhere", ok=False)
+    assert r.returncode == 1
+    assert f"model file not found: {tmp_path / 'nowhere' / 'decoder.onnx'}" in r.stderr
+
+
+def test_clear_error_for_a_file_that_is_not_onnx(vae_sample, tmp_path):
+    (tmp_path / "decoder.onnx").write_text("not a model")
+    r = run_cpp(vae_sample, "--model", tmp_path, ok=False)
+    assert r.returncode == 1 and f"cannot load ONNX model {tmp_path / 'decoder.onnx'}" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((3, 5), np.float32), "input 'z' must have shape [N, 4] with N >= 1 (metadata vae_deploy.latent_shape), got [3, 5]"),
+        (np.zeros((0, 4), np.float32), "with N >= 1 (metadata vae_deploy.latent_shape), got [0, 4]"),
+        (np.zeros((3, 4), np.int64), "dtype '<i8' is not supported; expected float32 ('<f4') or float64 ('<f8')"),
+        (np.asfortranarray(np.zeros((3, 4), np.float32)), "array is in Fortran order"),
+    ],
+    ids=["shape", "empty-batch", "dtype", "fortran"],
+)  # fmt: skip
+def test_clear_error_for_bad_latents(vae_sample, array, message, tmp_path):
+    model = tiny_decoder(tmp_path / "ok")
+    np.save(tmp_path / "z.npy", array)
+    r = run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", ok=False)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+
+
+def test_truncated_npy_is_refused(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "ok")
+    np.save(tmp_path / "z.npy", np.zeros((3, 4), np.float32))
+    raw = (tmp_path / "z.npy").read_bytes()
+    (tmp_path / "z.npy").write_bytes(raw[:-5])
+    r = run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", ok=False)
+    assert r.returncode == 1 and "needs 48 data bytes, the file has 43" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "--model DIR is required"),
+        (["--model", "m", "--n", "0"], "--n needs an integer >= 1, got '0'"),
+        (["--model", "m", "--bogus"], "unknown argument '--bogus'"),
+        (["--model", "m", "--z-file", "a", "--x-file", "b"], "give --z-file or --x-file, not both"),
+    ],
+)
+def test_usage_errors(vae_sample, args, message):
+    r = run_cpp(vae_sample, *args, ok=False)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_grid_needs_an_image_model(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "flat", x_shape=(4,))
+    r = run_cpp(vae_sample, "--model", model, "--grid", tmp_path / "g.pgm", ok=False)
+    assert r.returncode == 1 and "--grid needs an image model" in r.stderr, r.stderr
+
+
+def test_info_lists_metadata_and_runtime(vae_sample, cpp_exports):
+    out = run_cpp(vae_sample, "--model", cpp_exports["spatial"], "--info").stdout
+    assert f"onnxruntime {ort.__version__}" in out  # the very library the wheel ships
+    assert "vae_deploy.latent_shape = 2,4,4" in out and "vae_deploy.role = encoder" in out
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # about 12 s: ONNX Runtime's own start-up dominates under memcheck
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+def test_no_definite_leaks_under_valgrind(vae_sample, cpp_exports, tmp_path):
+    # both sessions, .npy in and out, the grid: the whole program once
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32))
+    cmd = [
+        "valgrind", f"--suppressions={CPP / 'valgrind.supp'}", "--leak-check=full",
+        "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--error-exitcode=99",
+        str(vae_sample), "--model", str(cpp_exports["conv"]), "--x-file", str(tmp_path / "x.npy"),
+        "--out", str(tmp_path / "mu.npy"), "--recon-out", str(tmp_path / "r.npy"),
+        "--grid", str(tmp_path / "r.pgm"), "--threads", "1",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "definitely lost: 0 bytes" in r.stderr or "no leaks are possible" in r.stderr, r.stderr[-4000:]
+    assert (tmp_path / "r.pgm").is_file()
