@@ -72,15 +72,18 @@ def optimize_for_cpu(
     decompose: bool = True,
     min_out_channels: int = MIN_OUT_CHANNELS,
     min_channel_product: int = MIN_CHANNEL_PRODUCT,
+    chain: bool = True,
 ) -> RewriteResult:
-    """Apply the exact rewrites to a copy of ``model``; the input is not modified."""
+    """Apply the exact rewrites to a copy of ``model``; the input is not modified.
+
+    ``chain=False`` always materialises the interleave (for measuring the alternative)."""
     g = _Graph(model)
     applied: list[str] = []
     if fold:
         applied += fold_affine_conv_transpose(g)
     if decompose:
         applied += decompose_conv_transpose(g, min_out_channels=min_out_channels,
-                                            min_channel_product=min_channel_product)
+                                            min_channel_product=min_channel_product, chain=chain)
     return RewriteResult(g.finish(), applied)
 
 
@@ -376,7 +379,8 @@ def _elementwise_run(g: _Graph, name: str) -> tuple[list[onnx.NodeProto], str]:
 
 
 def decompose_conv_transpose(
-    g: _Graph, *, min_out_channels: int = MIN_OUT_CHANNELS, min_channel_product: int = MIN_CHANNEL_PRODUCT
+    g: _Graph, *, min_out_channels: int = MIN_OUT_CHANNELS, min_channel_product: int = MIN_CHANNEL_PRODUCT,
+    chain: bool = True,
 ) -> list[str]:
     applied = []
     for node in list(g.nodes):
@@ -385,17 +389,18 @@ def decompose_conv_transpose(
         ct = _plain_conv_transpose(g, node)
         if ct is None or not _worth_decomposing(ct, min_out_channels, min_channel_product):
             continue
-        note = _decompose(g, ct, min_out_channels, min_channel_product)
+        note = _decompose(g, ct, min_out_channels, min_channel_product, chain)
         if note:
             applied.append(note)
     return applied
 
 
-def _decompose(g: _Graph, ct: _ConvT, min_out: int, min_prod: int) -> str | None:
+def _decompose(g: _Graph, ct: _ConvT, min_out: int, min_prod: int, allow_chain: bool) -> str | None:
     acts, last = _elementwise_run(g, ct.node.output[0])
     nxt_node = g.single_use(last)
     nxt = _plain_conv_transpose(g, nxt_node) if nxt_node is not None else None
-    chain = nxt is not None and nxt.cin == ct.cout and not _worth_decomposing(nxt, min_out, min_prod)
+    chain = (allow_chain and nxt is not None and nxt.cin == ct.cout
+             and not _worth_decomposing(nxt, min_out, min_prod))
     shape = g.shapes.get(ct.node.output[0])
     if not chain and (shape is None or len(shape) != 4 or shape[2] is None or shape[3] is None):
         return None  # the interleave's Reshape needs the static output size: leave this layer alone
