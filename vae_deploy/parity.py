@@ -33,13 +33,18 @@ class Tolerance:
 
 
 # fp32: both sides compute the same maths in float32; differences come only from kernel
-# order, a few ulps. fp16 variants carry ~3 decimal digits; int8 variants quantise weights and
-# activations to 256 levels, so their element-wise bound is loose and their real cost is judged
-# on the ELBO (see docs in README "Precision variants").
+# order, a few ulps. fp32-fast is the exactly rewritten graph (sub-pixel convolutions, folded
+# affine maps): the same bound, because the rewrite must be exact. fp16 variants carry ~3
+# decimal digits (outputs in [0, 1] differ by up to ~1e-3). int8 variants quantise weights to
+# 7 bits and activations to 8: on trained models single outputs move by up to ~0.05-0.09 where
+# a sigmoid is steep (mean ~3e-3), so the element-wise bound only catches broken quantisation
+# (saturated kernels or clipped ranges gave 0.2-0.6); the quality gate is the test-set ELBO,
+# held to 0.5% (export/README.md, "Precision variants").
 DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
+    "fp32-fast": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
     "fp16": Tolerance(atol=5e-3, rtol=1e-2, elbo_rtol=5e-3),
-    "int8": Tolerance(atol=2e-2, rtol=5e-2, elbo_rtol=1e-2),
+    "int8": Tolerance(atol=1e-1, rtol=1e-1, elbo_rtol=5e-3),
 }
 
 
@@ -229,28 +234,42 @@ def compare_backends(
     return report
 
 
+def reconstruction_error(backend: Backend, x: np.ndarray) -> float:
+    """Mean absolute error between the data and its reconstruction (posterior mean decoded)."""
+    return float(np.abs(backend.reconstruct(x).astype(np.float64) - np.asarray(x, np.float64)).mean())
+
+
 def _elbo_check(reference: Backend, candidate: Backend, x: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    """The test-set -ELBO through both backends (pass/fail at ``elbo_rtol``) and, reported
+    alongside, the reconstruction error: what a lower precision costs end to end."""
     lik = reference.spec.likelihood
     obs_std = float(reference.spec.config.get("obs_std", 0.1)) if reference.spec.config else 0.1
     try:
         ref = negative_elbo(reference, x, lik, obs_std=obs_std)
         cand = negative_elbo(candidate, x, lik, obs_std=obs_std)
+        ref_rec, cand_rec = reconstruction_error(reference, x), reconstruction_error(candidate, x)
     except Exception as e:
         return {"passed": False, "error": f"{type(e).__name__}: {e}"}
     rel = abs(cand - ref) / max(abs(ref), 1e-12)
     return {"reference_nelbo": ref, "candidate_nelbo": cand, "rel_diff": rel, "rtol": tol.elbo_rtol,
+            "reference_recon_mae": ref_rec, "candidate_recon_mae": cand_rec,
+            "recon_rel_diff": abs(cand_rec - ref_rec) / max(abs(ref_rec), 1e-12),
             "n_examples": int(len(x)), "passed": bool(rel <= tol.elbo_rtol)}
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     worst_name, worst = None, -1.0
     failed = []
+    abs_sum, n_el = 0.0, 0
     for case in report["cases"]:
         if not case.get("passed"):
             failed.append(case["name"])
         for out_name, s in case.get("outputs", {}).items():
             if s.get("max_abs", -1.0) > worst:
                 worst, worst_name = s["max_abs"], f"{case['name']}:{out_name}"
+            if "mean_abs" in s:
+                n = math.prod(s["shape"])
+                abs_sum, n_el = abs_sum + s["mean_abs"] * n, n_el + n
     elbo = report.get("elbo")
     if elbo is not None and not elbo.get("passed"):
         failed.append("elbo")
@@ -260,8 +279,10 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "n_failed": len(failed),
         "failed": failed,
         "max_abs_error": max(worst, 0.0),
+        "mean_abs_error": abs_sum / n_el if n_el else 0.0,
         "worst": worst_name,
         "elbo_rel_diff": None if elbo is None else elbo.get("rel_diff"),
+        "recon_rel_diff": None if elbo is None else elbo.get("recon_rel_diff"),
     }
 
 
@@ -303,5 +324,10 @@ def format_report(report: dict[str, Any], *, verbose: bool = False) -> str:
                 f"  test-set -ELBO: reference {elbo['reference_nelbo']:.5f}, candidate {elbo['candidate_nelbo']:.5f} "
                 f"nats; rel diff {elbo['rel_diff']:.2e} (limit {elbo['rtol']:g}) {'ok' if elbo['passed'] else 'FAIL'}"
             )
-    lines.append(f"  max abs error {s['max_abs_error']:.2e} at {s['worst']}")
+            if "reference_recon_mae" in elbo:
+                lines.append(
+                    f"  reconstruction mean abs error: reference {elbo['reference_recon_mae']:.5f}, candidate "
+                    f"{elbo['candidate_recon_mae']:.5f}; rel diff {elbo['recon_rel_diff']:.2e} (reported, not gated)"
+                )
+    lines.append(f"  max abs error {s['max_abs_error']:.2e} at {s['worst']}; mean abs error {s.get('mean_abs_error', 0.0):.2e}")
     return "\n".join(lines)

@@ -4,6 +4,11 @@ Everything is written into a temporary sibling folder; only when every graph exp
 passed ``onnx.checker`` and (unless ``verify=False``) matched the eager model does that
 folder replace ``out_dir``. Files in ``out_dir`` that are not export artifacts (a tracked
 README, say) are carried over.
+
+``precisions`` adds variants beside the base fp32 graphs (``fp32-fast``, ``int8``,
+``fp16``; see variants.py). Each is verified on its own; one that fails its tolerance is
+not written and the export still succeeds, saying which and why (``ExportResult.variants``,
+the manifest's ``variants`` section), unless ``strict=True``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from vae_deploy.exporters.manifest import MANIFEST, build_manifest, file_entry, 
 from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, export_onnx
 from vae_deploy.exporters.spec import Exportable, ExportSpec
 from vae_deploy.exporters.torchscript import TORCHSCRIPT_METHOD, export_torchscript
+from vae_deploy.exporters.variants import PRECISIONS, Variant, parse_precisions
 
 if TYPE_CHECKING:
     from vae_deploy.parity import Tolerance
@@ -34,7 +40,7 @@ FORMATS = ("onnx", "torchscript")
 VERIFY_BATCH_SIZES = (1, 37)
 _ARTIFACT = re.compile(r"^(encoder|decoder)(\.[\w-]+)?\.(onnx|ts)$")
 
-__all__ = ["ExportResult", "export", "FORMATS"]
+__all__ = ["ExportResult", "export", "FORMATS", "PRECISIONS", "Variant"]
 
 
 @dataclass
@@ -43,6 +49,11 @@ class ExportResult:
     manifest: dict[str, Any]
     parity_reports: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    variants: list[Variant] = field(default_factory=list)  # one per requested non-fp32 precision
+
+    @property
+    def dropped(self) -> list[Variant]:
+        return [v for v in self.variants if v.status == "dropped"]
 
 
 def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n: int = 256) -> tuple[np.ndarray, str]:
@@ -87,6 +98,9 @@ def export(
     dynamic_spatial: bool | None = None,
     tolerance: Tolerance | None = None,
     source_path: str = "",
+    precisions: Sequence[str] | str = ("fp32",),
+    int8_method: str = "auto",
+    strict: bool = False,
 ) -> ExportResult:
     """Export the encoder and decoder, verify them against eager, write the manifest.
 
@@ -94,6 +108,11 @@ def export(
     probed on ``example_input`` (see :mod:`vae_deploy.adapters`); ``likelihood`` and
     ``dynamic_spatial`` apply to such foreign modules. ``tolerance`` overrides the fp32
     tolerance of the export-time parity check.
+
+    ``precisions``: which variants to write besides the base fp32 graphs, e.g.
+    ``("fp32", "fp32-fast", "int8")``. ``int8_method``: ``auto`` (static for convolutional
+    graphs, dynamic otherwise), ``dynamic`` or ``static``. ``strict``: fail the whole export
+    (writing nothing) when a requested variant fails its parity check, instead of dropping it.
     """
     from vae_deploy.adapters import to_exportable
 
@@ -101,6 +120,9 @@ def export(
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ExportError(f"unknown export format(s) {bad or list(formats)}; expected some of {FORMATS}")
+    precisions = parse_precisions(precisions)
+    if len(precisions) > 1 and "onnx" not in formats:
+        raise ExportError(f"precision variants {list(precisions[1:])} are ONNX files: add 'onnx' to the formats")
     exp = to_exportable(model_or_ckpt, example_input, likelihood=likelihood, dynamic_spatial=dynamic_spatial,
                         source_path=source_path)
     out = Path(out_dir)
@@ -114,22 +136,35 @@ def export(
     try:
         files = _write_graphs(exp, tmp, formats, opset)
         reports = _verify(exp, tmp, formats, batch_sizes, tolerance) if verify else []
+        variants: list[Variant] = []
+        if len(precisions) > 1:
+            extra, variants, variant_reports = _write_variants(
+                exp, tmp, precisions[1:], verify=verify, batch_sizes=batch_sizes, int8_method=int8_method)
+            files.update(extra)
+            reports += variant_reports
+            dropped = [v for v in variants if v.status == "dropped"]
+            if strict and dropped:
+                raise ExportError("strict export: requested precision variant(s) failed; nothing was written:\n"
+                                  + "\n".join(f"  {v.precision}: {v.reason}" for v in dropped))
         parity = _parity_summary(reports, batch_sizes) if verify else None
         export_info = {
             "opset": opset if "onnx" in formats else None,
             "onnx_exporter": EXPORTER_NAME if "onnx" in formats else None,
             "torchscript": TORCHSCRIPT_METHOD if "torchscript" in formats else None,
             "formats": list(formats),
+            "precisions": list(precisions),
             "verified": verify,
         }
         manifest = build_manifest(exp.spec, files, export_info, parity)
+        if variants:
+            manifest["variants"] = {v.precision: v.manifest_entry() for v in variants}
         write_manifest(tmp, manifest)
         _carry_over_foreign_files(out, tmp)
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(out, manifest, reports, time.perf_counter() - start)
+    return ExportResult(out, manifest, reports, time.perf_counter() - start, variants)
 
 
 def _write_graphs(exp: Exportable, folder: Path, formats: Sequence[str], opset: int) -> dict[str, dict[str, Any]]:
@@ -201,6 +236,69 @@ def _verify(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: 
     return reports
 
 
+def _write_variants(
+    exp: Exportable, folder: Path, precisions: Sequence[str], *, verify: bool, batch_sizes: Sequence[int],
+    int8_method: str,
+) -> tuple[dict[str, dict[str, Any]], list[Variant], list[dict[str, Any]]]:
+    """Build, write and verify each variant; returns (manifest file entries, outcomes, the
+    parity reports of the variants that were kept)."""
+    import onnx
+
+    from vae_deploy.exporters.rewrite import optimize_for_cpu
+    from vae_deploy.exporters.variants import (
+        ROLES,
+        build_variant,
+        calibration_inputs,
+        failure_reason,
+        verify_variant,
+    )
+
+    base = {r: onnx.load(str(folder / f"{r}.onnx")) for r in ROLES}
+    x_data, described = verification_data(exp.spec, exp.example_x) if verify else (None, "")
+    fast: dict[str, onnx.ModelProto] | None = None
+    entries: dict[str, dict[str, Any]] = {}
+    outcomes: list[Variant] = []
+    kept_reports: list[dict[str, Any]] = []
+    for precision in precisions:
+        calibration, cal_note = None, ""
+        try:
+            if precision == "int8":
+                if fast is None:  # quantise the rewritten graph: its convolutions have int8 kernels
+                    fast = {r: res.model for r in ROLES if (res := optimize_for_cpu(base[r])).changed}
+                calibration, cal_note = calibration_inputs(exp)
+            models, info = build_variant(precision, base, fast=fast, calibration=calibration,
+                                         int8_method=int8_method)
+        except ExportError as e:
+            status = "not applicable" if precision == "fp32-fast" else "dropped"
+            outcomes.append(Variant(precision, status, reason=str(e)))
+            continue
+        if precision == "fp32-fast":
+            fast = dict(models)
+        if cal_note and any(i.get("method") == "static-qdq" for i in info.values()):
+            info["calibration"] = cal_note
+        names = {r: f"{r}.{precision}.onnx" for r in models}
+        for r, m in models.items():
+            onnx.save(m, str(folder / names[r]))
+        report, notes = None, []
+        if verify:
+            assert x_data is not None
+            kept, report, notes = verify_variant(exp, folder, precision, names, x_data, described, batch_sizes)
+            if not kept:
+                for n in names.values():
+                    (folder / n).unlink(missing_ok=True)
+                if precision == "fp32-fast":
+                    fast = {}  # never quantise a rewrite that failed its exactness check
+                outcomes.append(Variant(precision, "dropped", reason=failure_reason(report), info=info,
+                                        report=report, notes=notes))
+                continue
+            names = kept
+            kept_reports.append(report)
+        for r, n in names.items():
+            entries[n] = file_entry(folder / n, role=r, fmt="onnx", precision=precision, made_by=info.get(r, {}))
+        outcomes.append(Variant(precision, "written", files=names, info=info, report=report, notes=notes))
+    return entries, outcomes, kept_reports
+
+
 def _parity_summary(reports: list[dict[str, Any]], batch_sizes: Sequence[int]) -> dict[str, Any]:
     return {
         "passed": all(r["summary"]["passed"] for r in reports),
@@ -209,7 +307,8 @@ def _parity_summary(reports: list[dict[str, Any]], batch_sizes: Sequence[int]) -
         "backends": {
             r["candidate"]: {
                 "reference": r["reference"], "precision": r["precision"], "tolerance": r["tolerance"],
-                **{k: r["summary"][k] for k in ("passed", "max_abs_error", "worst", "elbo_rel_diff", "n_cases")},
+                **{k: r["summary"][k] for k in ("passed", "max_abs_error", "mean_abs_error", "worst", "elbo_rel_diff",
+                                                "recon_rel_diff", "n_cases") if k in r["summary"]},
             }
             for r in reports
         },
