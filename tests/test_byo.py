@@ -85,6 +85,16 @@ class SubmoduleVAE(nn.Module):
         self.decoder = _ConvDecoder(latent_dim)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """These models are tiny: a second torch thread only adds synchronisation, and on a loaded
+    2-core machine its spin-waiting doubled this file's CPU time (82 s -> 36 s measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_autoencoder_kl() -> nn.Module:
     diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
     torch.manual_seed(0)
@@ -357,6 +367,23 @@ def test_module_that_fits_no_adapter_is_refused_clearly(tmp_path):
         vae_deploy.export(SamplingVAE(), tmp_path / "e", example_input=torch.rand(2, 784))
     with pytest.raises(ConfigError, match="cannot export a int: expected a checkpoint path"):
         vae_deploy.export(42, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+class FixedBatchVAE(ClassicVAE):
+    def encode(self, x: torch.Tensor):  # eager works at any batch; jit.trace freezes int(...) to 2
+        mu, logvar = super().encode(x)
+        n = int(x.shape[0])
+        return mu.reshape(n, -1), logvar.reshape(n, -1)
+
+
+def test_trace_frozen_to_the_example_size_is_refused(tmp_path):
+    from vae_deploy.errors import ExportError
+
+    model, x = FixedBatchVAE().eval(), torch.rand(2, 784)
+    with pytest.raises(ExportError, match=r"TorchScript export of the encoder failed: .*does not generalise to input "
+                                          r"\[5, 784\]: output 0 has shape \[2, 20\], eager \[5, 8\]"):
+        vae_deploy.export(model, tmp_path / "e", example_input=x, formats=("torchscript",))
     assert not (tmp_path / "e").exists()
 
 
