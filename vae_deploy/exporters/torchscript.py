@@ -45,8 +45,11 @@ def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, rol
                               + (f"\n{tail}" if tail else "")) from e
 
 
-def _disagreement(got: object, want: object, tol: float = 1e-5) -> str:
-    """'' when the traced outputs match eager's (allclose, atol = rtol = ``tol``), else why not."""
+def _disagreement(got: object, want: object, tol: float = 1e-4) -> str:
+    """'' when the traced outputs match eager's (allclose, atol = rtol = ``tol``), else why not.
+
+    This check is structural (a size frozen into the trace gives wrong shapes or wrong
+    numbers, not rounding), so it is looser than parity, which judges precision afterwards."""
     got_t = got if isinstance(got, (tuple, list)) else (got,)
     want_t = want if isinstance(want, (tuple, list)) else (want,)
     if len(got_t) != len(want_t):
