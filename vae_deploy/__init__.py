@@ -2,7 +2,7 @@
 
 ``vae_deploy.export(model, "export/", example_input=x)``, ``vae_deploy.verify(model,
 "export/", example_input=x)``, ``Runtime`` and ``MicroBatcher`` are imported on first use, so
-``import vae_deploy`` stays light (no onnx, onnxruntime or exporter machinery until needed).
+``import vae_deploy`` stays light (no torch, onnx, onnxruntime or exporter machinery until needed).
 """
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ __version__ = "0.1.0"
 
 from typing import Any
 
-from vae_deploy.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from vae_deploy.model import VAE, VAEConfig  # noqa: E402
-
 __all__ = ["VAE", "VAEConfig", "Runtime", "MicroBatcher", "export", "verify", "load_checkpoint", "save_checkpoint",
            "__version__"]
 
+# Everything is imported on first use: a service that only runs exported models (``Runtime``)
+# then needs numpy and onnxruntime, not torch.
 _LAZY = {
+    "VAE": ("vae_deploy.model", "VAE"),
+    "VAEConfig": ("vae_deploy.model", "VAEConfig"),
+    "load_checkpoint": ("vae_deploy.checkpoint", "load_checkpoint"),
+    "save_checkpoint": ("vae_deploy.checkpoint", "save_checkpoint"),
     "Runtime": ("vae_deploy.runtime", "Runtime"),
     "MicroBatcher": ("vae_deploy.batcher", "MicroBatcher"),
     "export": ("vae_deploy.exporters", "export"),

@@ -298,3 +298,92 @@ def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ..
 
 def run() -> None:  # pragma: no cover - console entry for `python -m vae_deploy`
     sys.exit(main())
+
+
+# --- Triton ----------------------------------------------------------------------------------
+@main.command("triton-repo")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"),
+              show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances per device (instance_group count).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Dynamic batching: longest a request waits for others to join its batch.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone.")
+@_friendly_errors
+def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kind: str, max_delay_us: int,
+                no_dynamic_batching: bool) -> None:
+    """Write a Triton model repository (ONNX Runtime encoder/decoder, Python sampler)."""
+    from vae_deploy.triton import write_triton_repo
+
+    repo = write_triton_repo(export_dir, out, max_batch=max_batch, instances=instances, kind=kind,
+                             max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        click.echo(f"  {config.parent.name:<12} {config}")
+    click.echo(f"model repository: {repo}\nrun it: tritonserver --model-repository {repo.resolve()}")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (for comparison).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@_friendly_errors
+def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
+          max_delay_us: int, no_dynamic_batching: bool, provider: str) -> None:
+    """Serve encode, decode and sample on Triton (PyTriton) until Ctrl-C."""
+    from vae_deploy.serve import ServeOptions
+    from vae_deploy.serve import serve as run_server
+
+    options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                           max_batch=max_batch, max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
+
+    def ready(server: Any) -> None:
+        batching = "off" if no_dynamic_batching else f"on, max delay {max_delay_us} us"
+        click.echo(f"serving vae_encoder, vae_decoder, vae_sampler on {server.runtime.provider}: http {server.http_url}, "
+                   f"grpc {server.grpc_url} (dynamic batching {batching}, max batch {max_batch})\n"
+                   f"Triton log: {server.log_file}\nCtrl-C to stop", err=True)
+
+    run_server(export_dir, options, provider=provider, on_ready=ready)
+    click.echo("stopped", err=True)
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--backends", default=None,
+              help="Comma-separated backends or patterns: eager, torchscript, ort-cpu, ort-cpu-bare, ort-cpu-<precision>, "
+                   "ort-cuda, ort-tensorrt (default: every one that runs here).")
+@click.option("--batch-sizes", callback=_ints, default=None, help="e.g. 1,8,64,512 (quick: 1,8).")
+@click.option("--ops", default="sample,encode", show_default=True, help="sample, encode or both.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True)
+@click.option("--quick", is_flag=True, help="Seconds-long smoke run (few rounds, small batches).")
+@click.option("--reference-models/--no-reference-models", default=None,
+              help="Also measure the seeded reference architectures [default: on; off with --quick].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch and onnxruntime intra-op threads.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Interleaved timing rounds per cell.")
+@click.option("--batcher/--no-batcher", default=True, show_default=True, help="Measure the micro-batcher.")
+@_friendly_errors
+def bench(
+    export_dir: Path | None, backends: str | None, batch_sizes: tuple[int, ...] | None, ops: str, out: Path,
+    quick: bool, reference_models: bool | None, threads: int | None, rounds: int | None, batcher: bool,
+) -> None:
+    """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
+    from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
+    from vae_deploy.bench_report import write_report
+
+    cfg = BenchConfig.make(
+        quick=quick, batch_sizes=batch_sizes, reference_models=reference_models, threads=threads, rounds=rounds,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+        ops=tuple(o.strip() for o in ops.split(",") if o.strip()), batcher=batcher,
+    )
+    report = run_benchmark([export_dir] if export_dir else [], cfg, log=lambda s: click.echo(s, err=True))
+    paths = write_report(report, out)
+    print_summary(report)
+    click.echo(f"report: {paths['markdown']} ({report['duration_s']:.0f} s)")

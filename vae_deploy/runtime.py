@@ -16,10 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from vae_deploy import providers
+from vae_deploy.artifacts import META_PREFIX, ExportSpec, load_manifest, parse_shape, spec_from_manifest
 from vae_deploy.backends import Backend
 from vae_deploy.errors import ArtifactError
-from vae_deploy.exporters.manifest import load_manifest, spec_from_manifest
-from vae_deploy.exporters.spec import META_PREFIX, ExportSpec, parse_shape
 
 
 def default_session_options(threads: int | None = None) -> ort.SessionOptions:
