@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import vae_deploy
+from vae_deploy.batcher import MicroBatcher
 from vae_deploy.cli import main
 from vae_deploy.errors import CheckpointError, ConfigError
 from vae_deploy.runtime import Runtime
@@ -227,6 +228,14 @@ def test_autoencoder_kl_runtime_samples_and_reconstructs(akl_export):
         t = torch.from_numpy(x)
         expected = model.decode(model.encode(t).latent_dist.mean).sample.numpy()
     np.testing.assert_allclose(rt.reconstruct(x), expected, atol=AKL_ATOL, rtol=1e-5)
+    # the micro-batcher batches only requests of one size, and samples at the example size
+    small, big = x[:, :, :32, :32], x[:1]
+    with MicroBatcher(rt, max_delay_ms=20) as mb:
+        futures = [mb.submit("encode", a) for a in (small[0], big, small[1:])]
+        mus = [f.result(30)[0] for f in futures]
+        assert mb.sample(2, seed=0).shape == (2, 3, 32, 32)
+    np.testing.assert_array_equal(mus[0], rt.encode(small[0])[0])
+    assert mus[1].shape == (1, 4, 24, 20) and mus[2].shape == (2, 4, 16, 16)
 
 
 # --- the command line: --model package.module:factory --weights state_dict.pt ------------------
