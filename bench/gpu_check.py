@@ -60,8 +60,8 @@ def check_export(folder: Path, batch_sizes: list[int]) -> dict:
     out: dict = {"folder": str(folder), "model": manifest["model"], "precisions": {}}
     cpu = Runtime.load(folder, provider="cpu")
     rng = np.random.default_rng(0)
-    z = rng.standard_normal((257, *cpu.latent_shape), dtype=np.float32)
-    x = rng.random((257, *[d if d > 0 else 32 for d in cpu.input_shape]), dtype=np.float32)
+    z = rng.standard_normal((257, *cpu.sample_latent_shape()), dtype=np.float32)
+    x = rng.random((257, *cpu.spec.concrete_input_shape), dtype=np.float32)
     ref_dec, (ref_mu, _) = cpu.decode(z), cpu.encode(x)
     ref_rec = cpu.reconstruct(x)
     for prec in precisions:

@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 log_file=Path(tmp.name) / f"tritonserver-{'on' if on else 'off'}.log")
             servers[name] = VaeTritonServer(rt, opts).start()
         rt = next(iter(servers.values())).runtime
-        shape = rt.latent_shape if args.op == "decode" else rt.input_shape
+        shape = rt.sample_latent_shape() if args.op == "decode" else rt.spec.concrete_input_shape
         example = np.random.default_rng(0).standard_normal((1, *shape)).astype(np.float32)
         direct_ms = _direct_runtime_ms(rt, args.op, example)
         per_mode: dict[str, list[dict[str, Any]]] = {name: [] for name in modes}

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import vae_deploy
+from vae_deploy.batcher import MicroBatcher
 from vae_deploy.cli import main
 from vae_deploy.errors import CheckpointError, ConfigError
 from vae_deploy.runtime import Runtime
@@ -83,6 +84,16 @@ class SubmoduleVAE(nn.Module):
         super().__init__()
         self.encoder = _ConvEncoder(latent_dim)
         self.decoder = _ConvDecoder(latent_dim)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """These models are tiny: a second torch thread only adds synchronisation, and on a loaded
+    2-core machine its spin-waiting doubled this file's CPU time (82 s -> 36 s measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_autoencoder_kl() -> nn.Module:
@@ -217,6 +228,14 @@ def test_autoencoder_kl_runtime_samples_and_reconstructs(akl_export):
         t = torch.from_numpy(x)
         expected = model.decode(model.encode(t).latent_dist.mean).sample.numpy()
     np.testing.assert_allclose(rt.reconstruct(x), expected, atol=AKL_ATOL, rtol=1e-5)
+    # the micro-batcher batches only requests of one size, and samples at the example size
+    small, big = x[:, :, :32, :32], x[:1]
+    with MicroBatcher(rt, max_delay_ms=20) as mb:
+        futures = [mb.submit("encode", a) for a in (small[0], big, small[1:])]
+        mus = [f.result(30)[0] for f in futures]
+        assert mb.sample(2, seed=0).shape == (2, 3, 32, 32)
+    np.testing.assert_array_equal(mus[0], rt.encode(small[0])[0])
+    assert mus[1].shape == (1, 4, 24, 20) and mus[2].shape == (2, 4, 16, 16)
 
 
 # --- the command line: --model package.module:factory --weights state_dict.pt ------------------
@@ -357,6 +376,23 @@ def test_module_that_fits_no_adapter_is_refused_clearly(tmp_path):
         vae_deploy.export(SamplingVAE(), tmp_path / "e", example_input=torch.rand(2, 784))
     with pytest.raises(ConfigError, match="cannot export a int: expected a checkpoint path"):
         vae_deploy.export(42, tmp_path / "e")
+    assert not (tmp_path / "e").exists()
+
+
+class FixedBatchVAE(ClassicVAE):
+    def encode(self, x: torch.Tensor):  # eager works at any batch; jit.trace freezes int(...) to 2
+        mu, logvar = super().encode(x)
+        n = int(x.shape[0])
+        return mu.reshape(n, -1), logvar.reshape(n, -1)
+
+
+def test_trace_frozen_to_the_example_size_is_refused(tmp_path):
+    from vae_deploy.errors import ExportError
+
+    model, x = FixedBatchVAE().eval(), torch.rand(2, 784)
+    with pytest.raises(ExportError, match=r"TorchScript export of the encoder failed: .*does not generalise to input "
+                                          r"\[5, 784\]: output 0 has shape \[2, 20\], eager \[5, 8\]"):
+        vae_deploy.export(model, tmp_path / "e", example_input=x, formats=("torchscript",))
     assert not (tmp_path / "e").exists()
 
 

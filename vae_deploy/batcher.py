@@ -58,13 +58,15 @@ class MicroBatcher:
         self._worker.start()
 
     # --- public API ----------------------------------------------------------------------
-    def submit(self, op: str, array: Any = None, *, n: int = 1, seed: int | None = None) -> Future:
-        """Queue a request; the future resolves to what ``backend.<op>`` would return."""
+    def submit(self, op: str, array: Any = None, *, n: int = 1, seed: int | None = None,
+               latent_shape: Any = None) -> Future:
+        """Queue a request; the future resolves to what ``backend.<op>`` would return.
+        ``latent_shape`` picks the latent size to sample at when the latent has dynamic axes."""
         if op not in OPS:
             raise ValueError(f"op must be one of {OPS}, got {op!r}")
         b = self.backend
         if op == "sample":
-            data, single = b.noise((n, *b.latent_shape), seed), False
+            data, single = b.noise((n, *b.sample_latent_shape(latent_shape)), seed), False
         elif op == "decode":
             data, single = b._prepare(array, b.latent_shape, "z")
         else:
@@ -82,8 +84,9 @@ class MicroBatcher:
     def encode(self, x: Any, timeout: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.submit("encode", x).result(timeout)
 
-    def sample(self, n: int = 1, seed: int | None = None, timeout: float | None = None) -> np.ndarray:
-        return self.submit("sample", n=n, seed=seed).result(timeout)
+    def sample(self, n: int = 1, seed: int | None = None, timeout: float | None = None,
+               latent_shape: Any = None) -> np.ndarray:
+        return self.submit("sample", n=n, seed=seed, latent_shape=latent_shape).result(timeout)
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stop accepting requests, finish every queued one, and join the worker."""
@@ -129,7 +132,9 @@ class MicroBatcher:
                 if nxt is _STOP:
                     stopping = True
                     continue
-                if nxt.op != first.op or items + nxt.n > self.max_batch:
+                # Same op and same per-example shape (a dynamic-size model gets requests of
+                # several image sizes; those cannot share a batch).
+                if nxt.op != first.op or nxt.data.shape[1:] != first.data.shape[1:] or items + nxt.n > self.max_batch:
                     skipped.append(nxt)  # served by a later batch, in arrival order
                     continue
                 batch.append(nxt)

@@ -606,7 +606,8 @@ def prepare_export(folder: str | Path, name: str | None = None) -> BenchModel:
     manifest = load_manifest(folder, verify=True)
     m = manifest["model"]
     name = name or folder.resolve().name
-    desc = f"{m.get('family', '?')} {'x'.join(map(str, m['input_shape']))}, latent {m.get('latent_shape')}"
+    desc = (f"{m.get('family', '?')} {'x'.join('?' if d < 0 else str(d) for d in m['input_shape'])}, "
+            f"latent {m.get('latent_shape')}")
     eager, note = None, ""
     src = manifest.get("source") or {}
     try:
@@ -624,6 +625,9 @@ def prepare_export(folder: str | Path, name: str | None = None) -> BenchModel:
                 raise ValueError("checkpoint changed since export")
             ex = from_checkpoint(ckpt)
             eager, note = (ex.encoder, ex.decoder), f"checkpoint {ckpt_path}"
+        elif (m.get("config") or {}).get("adapter"):
+            note = (f"your own model ({m['config'].get('class')}): the export folder alone cannot rebuild it, "
+                    "so there is no eager baseline")
         elif m.get("config"):
             import torch
 
@@ -652,7 +656,7 @@ class BareSession:
         self.dec = runtime.decoder_session
         self.z_name = self.dec.get_inputs()[0].name
         self.x_name = self.enc.get_inputs()[0].name
-        self.latent_shape = tuple(runtime.latent_shape)
+        self.latent_shape = runtime.sample_latent_shape()  # concrete: the example's, for a dynamic latent
         self.rng = np.random.default_rng()
 
     def sample(self, n: int) -> np.ndarray:
@@ -775,8 +779,8 @@ def parity_check(model: BenchModel, backends: dict[str, Any], n: int = 8) -> dic
     """Max |difference| of each backend's decode and encode against the first backend (eager when
     present), on a fixed input: a sanity check that every timed backend computes the same model."""
     rng = np.random.default_rng(123)
-    shape = tuple(d if d > 0 else 16 for d in model.manifest["model"]["input_shape"])
-    lat = tuple(d if d > 0 else 4 for d in model.manifest["model"]["latent_shape"])
+    shape = _concrete(model.manifest["model"], "input_shape", 16)
+    lat = _concrete(model.manifest["model"], "latent_shape", 4)
     x = rng.random((n, *shape), dtype=np.float32)
     z = rng.standard_normal((n, *lat), dtype=np.float32)
     ref_name = EAGER if EAGER in backends else next(iter(backends), None)
@@ -797,8 +801,18 @@ def parity_check(model: BenchModel, backends: dict[str, Any], n: int = 8) -> dic
     return out
 
 
+def _concrete(model_section: dict[str, Any], key: str, fill: int) -> tuple[int, ...]:
+    """A per-example shape to measure at: the export's example shape (what it was traced and
+    verified at, e.g. 3x32x32 for a dynamic-size VAE), else the contract's with ``fill`` for
+    dynamic axes (manifests from before example shapes were recorded)."""
+    example = model_section.get(f"example_{key}")
+    if example:
+        return tuple(example)
+    return tuple(d if d > 0 else fill for d in model_section[key])
+
+
 def input_batch(model: BenchModel, batch_size: int, seed: int = 0) -> np.ndarray:
-    shape = tuple(d if d > 0 else 16 for d in model.manifest["model"]["input_shape"])
+    shape = _concrete(model.manifest["model"], "input_shape", 16)
     return np.random.default_rng(seed).random((batch_size, *shape), dtype=np.float32)
 
 
@@ -841,8 +855,8 @@ def profile_runtime_overhead(runtime: Any, calls: int = 2000, rounds: int = 15) 
         finite, finite_name = _backends._all_finite, "backends._all_finite"
     else:
         finite, finite_name = (lambda a: np.isfinite(a).all()), "np.isfinite(x).all()"
-    lat = tuple(runtime.latent_shape)
-    shape = tuple(d if d > 0 else 16 for d in runtime.input_shape)
+    lat = runtime.sample_latent_shape()
+    shape = tuple(runtime.spec.concrete_input_shape)
     z = np.zeros((1, *lat), np.float32)
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     stub = copy.copy(runtime)

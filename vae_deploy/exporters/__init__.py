@@ -60,7 +60,7 @@ def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n
     """Real examples to check the encoder on: the training data's test split when known.
 
     Otherwise (foreign models) the example input given to export/verify, topped up with
-    seeded uniform [0, 1) inputs of its shape to 16 examples (a foreign model's inputs are
+    seeded uniform [0, 1) inputs of its shape to 8 examples (a foreign model's inputs are
     often images, and parity cycles the examples to each batch size anyway)."""
     if spec.data_spec:
         from vae_deploy.data import dataset_from_spec
@@ -75,7 +75,7 @@ def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n
         note = ""
     rng = np.random.default_rng(0)
     if spec.adapter and example_x is not None and example_x.ndim == len(spec.input_shape) + 1:
-        n = min(n, 16)
+        n = min(n, 8)
         given = example_x.detach().to("cpu", torch.float32).numpy()[:n]
         extra = rng.random((n - len(given), *given.shape[1:]), dtype=np.float32)
         return (np.concatenate([given, extra]),

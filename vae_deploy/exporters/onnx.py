@@ -41,15 +41,14 @@ def export_onnx(
     """Export ``module(example)`` to ``path`` and return the checked model.
 
     ``dynamic_dims`` maps input axes to names (``{0: "batch"}``); every output axis that
-    depends on them becomes dynamic too. Every dynamic axis is ``Dim.AUTO``: the range the
-    graph is valid for depends on the model (diffusers' VAEs need height/width >= 4 and branch
-    on batch >= 64 for a no-op ``contiguous()``), so a fixed ``Dim(name, min=1)`` makes
-    torch.export fail and torch.onnx retry with its suggested range (tracing twice), or fail
-    outright. The ONNX graph keeps no range anyway; the names are put back afterwards. An axis
-    the exporter froze to its example size is refused: that graph would reject every other
-    size.
+    depends on them becomes dynamic too. Every dynamic axis is ``Dim.DYNAMIC``: torch.export
+    infers the range the graph is valid for (diffusers' VAEs need height/width >= 4 and branch
+    on batch >= 64 for a no-op ``contiguous()``, so a fixed ``Dim(name, min=1)`` fails or
+    makes torch.onnx trace twice), and refuses to specialise the axis to the example's size
+    (``Dim.AUTO`` would, silently). The ONNX graph keeps no range; the names are put back
+    afterwards. As a last guard, an input axis that still came out fixed is refused.
     """
-    dims = {axis: torch.export.Dim.AUTO for axis in dynamic_dims}
+    dims = {axis: torch.export.Dim.DYNAMIC for axis in dynamic_dims}
     with quiet_torch() as log:
         try:
             torch.onnx.export(
