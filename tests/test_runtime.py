@@ -228,3 +228,20 @@ def test_thread_safety_of_unseeded_noise(rt):
     for t in threads:
         t.join()
     assert len({a.tobytes() for a in seen}) == len(seen)  # no two threads got the same draw
+
+
+def test_runtime_needs_no_torch(exports):
+    """DESIGN: nothing downstream of export/ needs torch; a service imports only the runtime."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vae_deploy import Runtime\n"
+        "from vae_deploy.batcher import MicroBatcher\n"
+        f"Runtime.load({str(exports['conv'])!r}, provider='cpu').sample(2, seed=0)\n"
+        "bad = [m for m in ('torch', 'onnx', 'sklearn') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

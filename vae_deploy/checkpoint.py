@@ -11,7 +11,6 @@ refused with a clear error before anything in it executes.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import pickle
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from vae_deploy.artifacts import file_sha256  # noqa: F401 - part of this module's API
 from vae_deploy.errors import CheckpointError, ConfigError
 from vae_deploy.model import VAE, VAEConfig
 
@@ -62,14 +62,6 @@ def library_versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": numpy.__version__,
     }
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -120,6 +120,46 @@ def _formats(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
     return out
 
 
+def _user_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--model/--weights/--input-shape: export or verify your own VAE (see export/README.md)."""
+    options = [
+        click.option("--model", "model_target", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                     help="Your own VAE: a factory importable from the current folder that builds the module."),
+        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="With --model: a state dict file (torch.save(model.state_dict(), path))."),
+        click.option("--input-shape", callback=_ints, default=None,
+                     help="With --model: per-example input shape, e.g. 3,32,32 or 784 (default: inferred)."),
+        click.option("--latent-dim", type=click.IntRange(min=1), default=None,
+                     help="With --model: passed to the factory as latent_dim= when it takes one; checked "
+                          "against the latent's first axis."),
+        click.option("--likelihood", type=click.Choice(["unknown", "gaussian", "bernoulli"]), default=None,
+                     help="With --model: what decode's output means (default: unknown)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _source(checkpoint: Path | None, model_target: str | None, weights: Path | None,
+            input_shape: tuple[int, ...] | None, latent_dim: int | None, likelihood: str | None,
+            *, checkpoint_flag: str = "CHECKPOINT") -> Any:
+    """The thing to export or verify: a checkpoint path, or the user's module as an Exportable."""
+    if model_target is None:
+        extra = [n for n, v in (("--weights", weights), ("--input-shape", input_shape), ("--latent-dim", latent_dim),
+                                ("--likelihood", likelihood)) if v is not None]
+        if extra:
+            raise click.UsageError(f"{', '.join(extra)} only apply with --model")
+        return checkpoint
+    if checkpoint is not None:
+        raise click.UsageError(f"give either {checkpoint_flag} or --model/--weights, not both")
+    if weights is None:
+        raise click.UsageError("--model needs --weights (a state dict file)")
+    from vae_deploy.adapters.user_code import user_exportable
+
+    return user_exportable(model_target, weights, input_shape=input_shape, latent_dim=latent_dim,
+                           likelihood=likelihood)
+
+
 def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
     from vae_deploy.errors import ExportError
     from vae_deploy.exporters.variants import parse_precisions
@@ -131,7 +171,8 @@ def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> tuple
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@_user_model_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True)
 @click.option("--format", "formats", default="onnx,torchscript", show_default=True, callback=_formats,
               help="Comma-separated: onnx, torchscript.")
@@ -145,13 +186,23 @@ def _precisions(ctx: click.Context, param: click.Parameter, value: str) -> tuple
               help="Fail (writing nothing) if a requested variant fails its parity check, instead of dropping it.")
 @click.option("--no-verify", is_flag=True, help="Skip the post-export parity check against the eager model.")
 @_friendly_errors
-def export(checkpoint: Path, out: Path, formats: tuple[str, ...], opset: int, precisions: tuple[str, ...],
-           int8_method: str, strict: bool, no_verify: bool) -> None:
-    """Export a checkpoint's encoder and decoder (ONNX, TorchScript) with a manifest."""
+def export(checkpoint: Path | None, model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
+           latent_dim: int | None, likelihood: str | None, out: Path, formats: tuple[str, ...], opset: int,
+           precisions: tuple[str, ...], int8_method: str, strict: bool, no_verify: bool) -> None:
+    """Export a checkpoint's (or your own VAE's) encoder and decoder (ONNX, TorchScript) with a manifest.
+
+    \b
+    vae-deploy export runs/ckpt.pt --out export/
+    vae-deploy export runs/ckpt.pt --precision fp32,fp32-fast,int8
+    vae-deploy export --model my_vae:build --weights vae.pt --input-shape 784 --out export/
+    """
     from vae_deploy.exporters import export as run_export
     from vae_deploy.exporters.fp16 import CPU_NOTE
 
-    result = run_export(checkpoint, out, formats=formats, opset=opset, verify=not no_verify,
+    if checkpoint is None and model_target is None:
+        raise click.UsageError("give a CHECKPOINT, or --model package.module:factory --weights state_dict.pt")
+    source = _source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood)
+    result = run_export(source, out, formats=formats, opset=opset, verify=not no_verify,
                         precisions=precisions, int8_method=int8_method, strict=strict)
     click.echo(export_table(result.manifest))
     for v in result.variants:
@@ -252,14 +303,20 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool,
 @click.option("--backends", default=None, help="Comma-separated subset, e.g. onnx-cpu,torchscript.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes and failures.")
+@_user_model_options
 def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ...], atol: float | None,
-           rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool) -> None:
+           rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool,
+           model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
+           latent_dim: int | None, likelihood: str | None) -> None:
     """Check integrity and parity (eager vs TorchScript vs ONNX); exit 1 on any failure."""
     from vae_deploy.verify import format_verification, verify_export
 
     try:
-        result = verify_export(export_dir, checkpoint=checkpoint, batch_sizes=batch_sizes, atol=atol, rtol=rtol,
-                               backends=backends.split(",") if backends else None)
+        source = _source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood,
+                         checkpoint_flag="--checkpoint")
+        reference = None if model_target is None else source
+        result = verify_export(export_dir, checkpoint=checkpoint, reference=reference, batch_sizes=batch_sizes,
+                               atol=atol, rtol=rtol, backends=backends.split(",") if backends else None)
     except VaeDeployError as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_verification(result, verbose=verbose))
@@ -273,3 +330,92 @@ def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ..
 
 def run() -> None:  # pragma: no cover - console entry for `python -m vae_deploy`
     sys.exit(main())
+
+
+# --- Triton ----------------------------------------------------------------------------------
+@main.command("triton-repo")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"),
+              show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances per device (instance_group count).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Dynamic batching: longest a request waits for others to join its batch.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone.")
+@_friendly_errors
+def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kind: str, max_delay_us: int,
+                no_dynamic_batching: bool) -> None:
+    """Write a Triton model repository (ONNX Runtime encoder/decoder, Python sampler)."""
+    from vae_deploy.triton import write_triton_repo
+
+    repo = write_triton_repo(export_dir, out, max_batch=max_batch, instances=instances, kind=kind,
+                             max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        click.echo(f"  {config.parent.name:<12} {config}")
+    click.echo(f"model repository: {repo}\nrun it: tritonserver --model-repository {repo.resolve()}")
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (for comparison).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@_friendly_errors
+def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
+          max_delay_us: int, no_dynamic_batching: bool, provider: str) -> None:
+    """Serve encode, decode and sample on Triton (PyTriton) until Ctrl-C."""
+    from vae_deploy.serve import ServeOptions
+    from vae_deploy.serve import serve as run_server
+
+    options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                           max_batch=max_batch, max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
+
+    def ready(server: Any) -> None:
+        batching = "off" if no_dynamic_batching else f"on, max delay {max_delay_us} us"
+        click.echo(f"serving vae_encoder, vae_decoder, vae_sampler on {server.runtime.provider}: http {server.http_url}, "
+                   f"grpc {server.grpc_url} (dynamic batching {batching}, max batch {max_batch})\n"
+                   f"Triton log: {server.log_file}\nCtrl-C to stop", err=True)
+
+    run_server(export_dir, options, provider=provider, on_ready=ready)
+    click.echo("stopped", err=True)
+
+
+@main.command()
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
+@click.option("--backends", default=None,
+              help="Comma-separated backends or patterns: eager, torchscript, ort-cpu, ort-cpu-bare, ort-cpu-<precision>, "
+                   "ort-cuda, ort-tensorrt (default: every one that runs here).")
+@click.option("--batch-sizes", callback=_ints, default=None, help="e.g. 1,8,64,512 (quick: 1,8).")
+@click.option("--ops", default="sample,encode", show_default=True, help="sample, encode or both.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True)
+@click.option("--quick", is_flag=True, help="Seconds-long smoke run (few rounds, small batches).")
+@click.option("--reference-models/--no-reference-models", default=None,
+              help="Also measure the seeded reference architectures [default: on; off with --quick].")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch and onnxruntime intra-op threads.")
+@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Interleaved timing rounds per cell.")
+@click.option("--batcher/--no-batcher", default=True, show_default=True, help="Measure the micro-batcher.")
+@_friendly_errors
+def bench(
+    export_dir: Path | None, backends: str | None, batch_sizes: tuple[int, ...] | None, ops: str, out: Path,
+    quick: bool, reference_models: bool | None, threads: int | None, rounds: int | None, batcher: bool,
+) -> None:
+    """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
+    from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
+    from vae_deploy.bench_report import write_report
+
+    cfg = BenchConfig.make(
+        quick=quick, batch_sizes=batch_sizes, reference_models=reference_models, threads=threads, rounds=rounds,
+        backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
+        ops=tuple(o.strip() for o in ops.split(",") if o.strip()), batcher=batcher,
+    )
+    report = run_benchmark([export_dir] if export_dir else [], cfg, log=lambda s: click.echo(s, err=True))
+    paths = write_report(report, out)
+    print_summary(report)
+    click.echo(f"report: {paths['markdown']} ({report['duration_s']:.0f} s)")

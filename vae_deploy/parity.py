@@ -114,7 +114,13 @@ def make_cases(
     x_data: np.ndarray, latent_shape: Sequence[int], batch_sizes: Iterable[int], *, seed: int = 0,
     edge_cases: bool = True,
 ) -> list[Case]:
-    """The standard input set: real data for the encoder, seeded N(0, I) for the decoder, and edges."""
+    """The standard input set: real data for the encoder, seeded N(0, I) for the decoder, and edges.
+
+    ``latent_shape`` must be concrete: with a dynamic latent (spatial VAEs) use the latent
+    shape that ``x_data``'s examples encode to (:func:`concrete_latent_shape`).
+    """
+    if any(d < 0 for d in latent_shape):
+        raise ValueError(f"make_cases needs a concrete latent shape, got {list(latent_shape)} (-1 is dynamic)")
     rng = np.random.default_rng(seed)
     cases: list[Case] = []
     for bs in batch_sizes:
@@ -131,6 +137,16 @@ def make_cases(
         n = min(64, len(x_data))
         cases.append(Case("reconstruct", "real", n, _batch(x_data, n)))
     return cases
+
+
+def concrete_latent_shape(reference: Backend, x_data: np.ndarray) -> tuple[int, ...]:
+    """The per-example latent shape to test the decoder at: the spec's when it is fixed, else
+    the shape ``x_data``'s examples encode to (so decoder cases match the size under test)."""
+    shape = tuple(reference.latent_shape)
+    if all(d > 0 for d in shape):
+        return shape
+    mu, _ = reference.encode(x_data[:1])
+    return tuple(int(d) for d in mu.shape[1:])
 
 
 def _run(backend: Backend, case: Case) -> dict[str, np.ndarray]:
@@ -179,7 +195,8 @@ def compare_backends(
 ) -> dict[str, Any]:
     """Run the standard cases through both backends and return the JSON-able report."""
     tol = tolerance or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
-    cases = make_cases(x_data, reference.latent_shape, batch_sizes, seed=seed, edge_cases=edge_cases)
+    latent_shape = concrete_latent_shape(reference, x_data)
+    cases = make_cases(x_data, latent_shape, batch_sizes, seed=seed, edge_cases=edge_cases)
     results = []
     for case in cases:
         entry: dict[str, Any] = {"name": case.name, "graph": case.graph, "input": case.input,
@@ -201,14 +218,18 @@ def compare_backends(
         "inputs": {
             "encoder": f"real data: {data_description or 'given array'} ({len(x_data)} examples, cycled to each batch size); "
                        "edge inputs all-zero and all-one images",
-            "decoder": f"z ~ N(0, I) drawn with numpy seed {seed}; edge inputs z = +4, -4 and alternating +-4 sigma",
+            "decoder": f"z ~ N(0, I) of shape [N, {', '.join(map(str, latent_shape))}] drawn with numpy seed {seed}; "
+                       "edge inputs z = +4, -4 and alternating +-4 sigma",
             "reconstruct": "posterior mean decoded, real data",
             "batch_sizes": list(batch_sizes),
         },
         "cases": results,
     }
-    if elbo:
+    if elbo and reference.spec.likelihood in ("bernoulli", "gaussian"):
         report["elbo"] = _elbo_check(reference, candidate, x_data, tol)
+    elif elbo:
+        report["elbo_skipped"] = (f"likelihood {reference.spec.likelihood!r}: an ELBO needs a known likelihood; "
+                                  "the outputs are compared element-wise above")
     report["summary"] = summarize(report)
     return report
 
@@ -293,6 +314,8 @@ def format_report(report: dict[str, Any], *, verbose: bool = False) -> str:
                 + ("" if st["passed"] else f"  (would pass at atol {st['min_atol_to_pass']:.2e})")
             )
     elbo = report.get("elbo")
+    if report.get("elbo_skipped"):
+        lines.append(f"  test-set -ELBO: skipped ({report['elbo_skipped']})")
     if elbo:
         if "error" in elbo:
             lines.append(f"  test-set -ELBO: ERROR {elbo['error']}")

@@ -16,10 +16,9 @@ import numpy as np
 import onnxruntime as ort
 
 from vae_deploy import providers
+from vae_deploy.artifacts import META_PREFIX, ExportSpec, load_manifest, parse_shape, spec_from_manifest
 from vae_deploy.backends import Backend
 from vae_deploy.errors import ArtifactError
-from vae_deploy.exporters.manifest import load_manifest, spec_from_manifest
-from vae_deploy.exporters.spec import META_PREFIX, ExportSpec, parse_shape
 
 
 def default_session_options(threads: int | None = None) -> ort.SessionOptions:
@@ -210,6 +209,8 @@ def spec_from_session(sess: ort.InferenceSession) -> ExportSpec:
             family=meta.get(f"{META_PREFIX}family", ""),
             scaling_factor=float(meta.get(f"{META_PREFIX}scaling_factor", "1.0")),
             dynamic_axes=tuple(meta.get(f"{META_PREFIX}dynamic_axes", "batch").split(",")),
+            example_input_shape=parse_shape(meta.get(f"{META_PREFIX}example_input_shape", "")),
+            example_latent_shape=parse_shape(meta.get(f"{META_PREFIX}example_latent_shape", "")),
             source_sha256=meta.get(f"{META_PREFIX}source_sha256", ""),
         )
     except KeyError as e:

@@ -8,6 +8,8 @@ numbers that disagree with the eager model beyond tolerance.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -85,6 +87,14 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     from vae_deploy.adapters import from_checkpoint
     from vae_deploy.checkpoint import load_checkpoint
 
+    adapter = (manifest["model"].get("config") or {}).get("adapter")
+    if adapter and checkpoint is None:
+        raise ArtifactError(
+            f"this export came from your own module (adapter {adapter!r}, class "
+            f"{manifest['model']['config'].get('class')}); there is no checkpoint to rebuild it from: verify it with "
+            "vae_deploy.verify(module, export_dir, example_input=x), or `vae-deploy verify DIR --model "
+            "package.module:factory --weights state_dict.pt`"
+        )
     path = checkpoint or manifest.get("source", {}).get("path")
     if not path:
         raise ArtifactError("no reference checkpoint: the manifest records none; pass --checkpoint")
@@ -156,6 +166,8 @@ def verify_export(
     reports = []
     for label, precision, factory in _candidates(folder, manifest, reference.spec, backends):
         tol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+        if precision == "fp32" and reference.fp32_tolerance is not None:
+            tol = reference.fp32_tolerance
         if atol is not None or rtol is not None:
             tol = replace(tol, atol=tol.atol if atol is None else atol, rtol=tol.rtol if rtol is None else rtol)
         try:
@@ -196,3 +208,17 @@ def format_verification(result: dict[str, Any], verbose: bool = False) -> str:
             lines.append(format_report(r, verbose=verbose))
     lines.append("RESULT: " + ("PASS" if result["passed"] else "FAIL"))
     return "\n".join(lines)
+
+
+class _CallableModule(types.ModuleType):
+    """``vae_deploy.verify(model, "export/", ...)`` must work although ``vae_deploy.verify`` is
+    this module (a package's submodule always wins its attribute name): calling the module
+    calls :func:`vae_deploy.api.verify`."""
+
+    def __call__(self, *args, **kwargs):
+        from vae_deploy.api import verify
+
+        return verify(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

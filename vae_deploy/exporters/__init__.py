@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, export_onnx
 from vae_deploy.exporters.spec import Exportable, ExportSpec
 from vae_deploy.exporters.torchscript import TORCHSCRIPT_METHOD, export_torchscript
 from vae_deploy.exporters.variants import PRECISIONS, Variant, parse_precisions
+
+if TYPE_CHECKING:
+    from vae_deploy.parity import Tolerance
 
 FORMATS = ("onnx", "torchscript")
 VERIFY_BATCH_SIZES = (1, 37)
@@ -54,7 +57,11 @@ class ExportResult:
 
 
 def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n: int = 256) -> tuple[np.ndarray, str]:
-    """Real examples to check the encoder on: the training data's test split when known."""
+    """Real examples to check the encoder on: the training data's test split when known.
+
+    Otherwise (foreign models) the example input given to export/verify, topped up with
+    seeded uniform [0, 1) inputs of its shape to 16 examples (a foreign model's inputs are
+    often images, and parity cycles the examples to each batch size anyway)."""
     if spec.data_spec:
         from vae_deploy.data import dataset_from_spec
 
@@ -66,8 +73,15 @@ def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n
             note = f" (training data unavailable: {e})"
     else:
         note = ""
-    shape = [d if d > 0 else 16 for d in spec.input_shape]
     rng = np.random.default_rng(0)
+    if spec.adapter and example_x is not None and example_x.ndim == len(spec.input_shape) + 1:
+        n = min(n, 16)
+        given = example_x.detach().to("cpu", torch.float32).numpy()[:n]
+        extra = rng.random((n - len(given), *given.shape[1:]), dtype=np.float32)
+        return (np.concatenate([given, extra]),
+                f"the {len(given)} example inputs given, then seeded uniform [0, 1) inputs of shape "
+                f"{list(given.shape[1:])}{note}")
+    shape = [d if d > 0 else 16 for d in spec.concrete_input_shape]
     return rng.random((n, *shape), dtype=np.float32), f"uniform [0, 1) random inputs, seed 0{note}"
 
 
@@ -79,12 +93,21 @@ def export(
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
     batch_sizes: Sequence[int] = VERIFY_BATCH_SIZES,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
+    likelihood: str | None = None,
+    dynamic_spatial: bool | None = None,
+    tolerance: Tolerance | None = None,
+    source_path: str = "",
     precisions: Sequence[str] | str = ("fp32",),
     int8_method: str = "auto",
     strict: bool = False,
 ) -> ExportResult:
     """Export the encoder and decoder, verify them against eager, write the manifest.
+
+    ``model_or_ckpt`` is a checkpoint (path or loaded), a ``VAE``, or any VAE-like module,
+    probed on ``example_input`` (see :mod:`vae_deploy.adapters`); ``likelihood`` and
+    ``dynamic_spatial`` apply to such foreign modules. ``tolerance`` overrides the fp32
+    tolerance of the export-time parity check.
 
     ``precisions``: which variants to write besides the base fp32 graphs, e.g.
     ``("fp32", "fp32-fast", "int8")``. ``int8_method``: ``auto`` (static for convolutional
@@ -100,7 +123,8 @@ def export(
     precisions = parse_precisions(precisions)
     if len(precisions) > 1 and "onnx" not in formats:
         raise ExportError(f"precision variants {list(precisions[1:])} are ONNX files: add 'onnx' to the formats")
-    exp = to_exportable(model_or_ckpt, example_input)
+    exp = to_exportable(model_or_ckpt, example_input, likelihood=likelihood, dynamic_spatial=dynamic_spatial,
+                        source_path=source_path)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {str(out)!r} exists and is not a folder")
@@ -111,7 +135,7 @@ def export(
         raise ExportError(f"cannot write to {str(out.parent)!r}: {e}") from None
     try:
         files = _write_graphs(exp, tmp, formats, opset)
-        reports = _verify(exp, tmp, formats, batch_sizes) if verify else []
+        reports = _verify(exp, tmp, formats, batch_sizes, tolerance) if verify else []
         variants: list[Variant] = []
         if len(precisions) > 1:
             extra, variants, variant_reports = _write_variants(
@@ -147,7 +171,7 @@ def _write_graphs(exp: Exportable, folder: Path, formats: Sequence[str], opset: 
     spec = exp.spec
     files: dict[str, dict[str, Any]] = {}
     dyn_x = _dynamic_dims(spec.input_shape, spec.dynamic_axes)
-    dyn_z = _dynamic_dims(spec.latent_shape, spec.dynamic_axes)
+    dyn_z = _dynamic_dims(spec.latent_shape, spec.dynamic_axes, prefix="latent_")
     if "onnx" in formats:
         export_onnx(exp.encoder, exp.example_x, folder / "encoder.onnx", input_name="x",
                     output_names=["mu", "logvar"], dynamic_dims=dyn_x, metadata=spec.metadata("encoder"), opset=opset)
@@ -156,24 +180,39 @@ def _write_graphs(exp: Exportable, folder: Path, formats: Sequence[str], opset: 
         files["encoder.onnx"] = file_entry(folder / "encoder.onnx", role="encoder", fmt="onnx")
         files["decoder.onnx"] = file_entry(folder / "decoder.onnx", role="decoder", fmt="onnx")
     if "torchscript" in formats:
-        export_torchscript(exp.encoder, exp.example_x, folder / "encoder.ts", "encoder")
-        export_torchscript(exp.decoder, exp.example_z, folder / "decoder.ts", "decoder")
+        export_torchscript(exp.encoder, exp.example_x, folder / "encoder.ts", "encoder", _other_size(exp.example_x, dyn_x))
+        export_torchscript(exp.decoder, exp.example_z, folder / "decoder.ts", "decoder", _other_size(exp.example_z, dyn_z))
         files["encoder.ts"] = file_entry(folder / "encoder.ts", role="encoder", fmt="torchscript")
         files["decoder.ts"] = file_entry(folder / "decoder.ts", role="decoder", fmt="torchscript")
     return files
 
 
-def _dynamic_dims(item_shape: Sequence[int], axes: Sequence[str]) -> dict[int, str]:
-    """Axis 0 is the batch; per-example axes marked -1 take the next names in ``axes``."""
+def _dynamic_dims(item_shape: Sequence[int], axes: Sequence[str], prefix: str = "") -> dict[int, str]:
+    """Axis 0 is the batch; per-example axes marked -1 take the next names in ``axes``.
+
+    The decoder's latent axes get ``prefix="latent_"`` (``latent_height``): they follow the
+    image's axes but are not the same size, and the graph's dimension names should say so.
+    """
     dims = {0: axes[0] if axes else "batch"}
     names = iter(axes[1:])
     for i, d in enumerate(item_shape, start=1):
         if d < 0:
-            dims[i] = next(names, f"dim{i}")
+            dims[i] = prefix + next(names, f"dim{i}")
     return dims
 
 
-def _verify(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: Sequence[int]) -> list[dict[str, Any]]:
+def _other_size(example: torch.Tensor, dims: dict[int, str]) -> torch.Tensor:
+    """The example at another size along every dynamic axis (an odd batch, twice each spatial
+    axis), to check that a trace did not freeze a size into the graph."""
+    other = torch.cat([example, example, example[:1]], 0)
+    for axis in dims:
+        if axis > 0:
+            other = other.repeat_interleave(2, dim=axis)
+    return other
+
+
+def _verify(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: Sequence[int],
+            tolerance: Tolerance | None = None) -> list[dict[str, Any]]:
     """Parity of every written graph against eager; raises ExportError on any failure."""
     from vae_deploy.backends import TorchBackend
     from vae_deploy.parity import compare_backends, format_report
@@ -188,8 +227,8 @@ def _verify(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: 
         enc = torch.jit.load(str(folder / "encoder.ts"))
         dec = torch.jit.load(str(folder / "decoder.ts"))
         candidates.append(TorchBackend(enc, dec, exp.spec, name="torchscript"))
-    reports = [compare_backends(eager, c, x_data, batch_sizes=batch_sizes, data_description=described)
-               for c in candidates]
+    reports = [compare_backends(eager, c, x_data, batch_sizes=batch_sizes, tolerance=tolerance or exp.fp32_tolerance,
+                                data_description=described) for c in candidates]
     failed = [r for r in reports if not r["summary"]["passed"]]
     if failed:
         raise ExportError("exported graphs disagree with the eager model; nothing was written:\n"

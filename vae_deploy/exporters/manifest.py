@@ -7,12 +7,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vae_deploy.checkpoint import file_sha256, library_versions
-from vae_deploy.errors import ArtifactError
-from vae_deploy.exporters.spec import FORMAT_VERSION, ExportSpec
-
-MANIFEST = "manifest.json"
-FORMAT_NAME = "vae-deploy-export"
+from vae_deploy.artifacts import (  # noqa: F401 - re-exported: the loaders live with the contract
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST,
+    ExportSpec,
+    file_sha256,
+    load_manifest,
+    spec_from_manifest,
+    verify_files,
+)
 
 
 def file_entry(path: Path, *, role: str, fmt: str, precision: str = "fp32", **extra: Any) -> dict[str, Any]:
@@ -32,7 +36,7 @@ def build_manifest(
         "model": spec.model_section(),
         "source": {"path": spec.source_path, "sha256": spec.source_sha256},
         "export": export_info,
-        "versions": library_versions(),
+        "versions": _library_versions(),
         "files": files,
         "parity": parity,
     }
@@ -44,56 +48,6 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def load_manifest(folder: str | Path, *, verify: bool = True, only: list[str] | None = None) -> dict[str, Any]:
-    """Read the manifest and (by default) check every listed file's size and sha256.
-
-    ``only`` restricts the checksum check to some files (a runtime needs only the ONNX ones).
-    """
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not folder.is_dir():
-        raise ArtifactError(f"export folder {str(folder)!r} does not exist (run `vae-deploy export` first)")
-    if not path.is_file():
-        raise ArtifactError(f"{str(folder)!r} has no {MANIFEST}: not a vae-deploy export folder")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{str(path)!r} is not valid JSON: {e}") from None
-    fmt = manifest.get("format", {}) if isinstance(manifest, dict) else {}
-    if fmt.get("name") != FORMAT_NAME or fmt.get("version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{str(path)!r} has format {fmt!r}; expected {{'name': {FORMAT_NAME!r}, 'version': {FORMAT_VERSION}}}"
-        )
-    if verify:
-        verify_files(folder, manifest, only=only)
-    return manifest
-
-
-def verify_files(folder: Path, manifest: dict[str, Any], only: list[str] | None = None) -> None:
-    problems = []
-    for name, entry in manifest.get("files", {}).items():
-        if only is not None and name not in only:
-            continue
-        p = folder / name
-        if not p.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        size = p.stat().st_size
-        if size != entry.get("size"):
-            problems.append(f"{name}: size {size} bytes, manifest says {entry.get('size')} (truncated or replaced?)")
-            continue
-        digest = file_sha256(p)
-        if digest != entry.get("sha256"):
-            problems.append(f"{name}: sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}... "
-                            "(modified after export)")
-    if problems:
-        raise ArtifactError(f"export folder {str(folder)!r} failed its checksum check:\n  " + "\n  ".join(problems))
-
-
-def spec_from_manifest(manifest: dict[str, Any]) -> ExportSpec:
-    return ExportSpec.from_model_section(manifest["model"], manifest.get("source"))
-
-
 def describe_export(folder: str | Path) -> str:
     """Human-readable summary for `vae-deploy info EXPORT_DIR`: manifest and graph signatures."""
     import onnx
@@ -103,6 +57,12 @@ def describe_export(folder: str | Path) -> str:
     lines = [f"export folder {folder}  (format v{manifest['format']['version']}, created {manifest.get('created')})"]
     m = manifest["model"]
     lines.append(f"model: {m['family']}  input {m['input_shape']}  latent {m['latent_shape']}  likelihood {m['likelihood']}")
+    if m.get("dynamic_axes", ["batch"]) != ["batch"] or m.get("scaling_factor", 1.0) != 1.0:
+        lines.append(f"dynamic axes {m.get('dynamic_axes')}; example input {m.get('example_input_shape')} -> latent "
+                     f"{m.get('example_latent_shape')}; latent scaling factor {m.get('scaling_factor')}")
+    if (m.get("config") or {}).get("adapter"):
+        c = m["config"]
+        lines.append(f"your own model: {c.get('class')} via {c.get('encode')} / {c.get('decode')}")
     src = manifest.get("source", {})
     lines.append(f"source: {src.get('path')}  sha256 {str(src.get('sha256'))[:16]}...")
     ex = manifest.get("export", {})
@@ -127,3 +87,9 @@ def describe_export(folder: str | Path) -> str:
         lines.append(f"parity at export: {'PASS' if parity.get('passed') else 'FAIL'}  "
                      f"max abs error {parity.get('max_abs_error', float('nan')):.3g}")
     return "\n".join(lines)
+
+
+def _library_versions() -> dict[str, str]:
+    from vae_deploy.checkpoint import library_versions
+
+    return library_versions()

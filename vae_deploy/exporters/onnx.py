@@ -9,6 +9,7 @@ a random operator.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,9 +41,15 @@ def export_onnx(
     """Export ``module(example)`` to ``path`` and return the checked model.
 
     ``dynamic_dims`` maps input axes to names (``{0: "batch"}``); every output axis that
-    depends on them becomes dynamic too.
+    depends on them becomes dynamic too. Every dynamic axis is ``Dim.AUTO``: the range the
+    graph is valid for depends on the model (diffusers' VAEs need height/width >= 4 and branch
+    on batch >= 64 for a no-op ``contiguous()``), so a fixed ``Dim(name, min=1)`` makes
+    torch.export fail and torch.onnx retry with its suggested range (tracing twice), or fail
+    outright. The ONNX graph keeps no range anyway; the names are put back afterwards. An axis
+    the exporter froze to its example size is refused: that graph would reject every other
+    size.
     """
-    dims = {axis: torch.export.Dim(name, min=1) for axis, name in dynamic_dims.items()}
+    dims = {axis: torch.export.Dim.AUTO for axis in dynamic_dims}
     with quiet_torch() as log:
         try:
             torch.onnx.export(
@@ -62,6 +69,7 @@ def export_onnx(
             raise ExportError(f"ONNX export of the {metadata.get('vae_deploy.role', 'model')} failed: "
                               f"{type(e).__name__}: {e}" + (f"\nexporter log:\n{tail}" if tail else "")) from e
     model = onnx.load(str(path))
+    _require_dynamic(model, dynamic_dims, metadata.get("vae_deploy.role", "model"))
     _rename_dynamic_dims(model, dynamic_dims)
     del model.metadata_props[:]
     for key, value in metadata.items():
@@ -76,15 +84,28 @@ def export_onnx(
     return model
 
 
+def _require_dynamic(model: onnx.ModelProto, dynamic_dims: dict[int, str], role: str) -> None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    frozen = [f"{name} (axis {axis}) = {dims[axis].dim_value}" for axis, name in dynamic_dims.items()
+              if axis < len(dims) and not dims[axis].dim_param]
+    if frozen:
+        raise ExportError(f"ONNX export of the {role}: the exporter fixed the dynamic axes {', '.join(frozen)} to the "
+                          "example's size (the model's code depends on that size); export with a fixed size instead")
+
+
 def _rename_dynamic_dims(model: onnx.ModelProto, dynamic_dims: dict[int, str]) -> None:
-    """Give the batch axis the same name on every input and output (the exporter's own
-    symbols, e.g. ``s0``, mean nothing to a consumer)."""
+    """Give each dynamic axis its contract name on every input and output, also inside
+    derived sizes (``(s53//2)`` becomes ``(height//2)``): the exporter's own symbols mean
+    nothing to a consumer."""
     inp = model.graph.input[0].type.tensor_type.shape.dim
     renames = {inp[axis].dim_param: name for axis, name in dynamic_dims.items() if inp[axis].dim_param}
+    if not renames:
+        return
+    symbol = re.compile(r"\b(" + "|".join(re.escape(k) for k in sorted(renames, key=len, reverse=True)) + r")\b")
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for d in value.type.tensor_type.shape.dim:
-            if d.dim_param in renames:
-                d.dim_param = renames[d.dim_param]
+            if d.dim_param:
+                d.dim_param = symbol.sub(lambda m: renames[m.group(1)], d.dim_param)
 
 
 def random_ops(model: onnx.ModelProto) -> list[str]:

@@ -7,83 +7,14 @@ are all derived from it, so they cannot disagree.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
-META_PREFIX = "vae_deploy."
-
-
-@dataclass(frozen=True)
-class ExportSpec:
-    input_shape: tuple[int, ...]  # per example, no batch axis; -1 marks a dynamic axis
-    latent_shape: tuple[int, ...]
-    likelihood: str = "bernoulli"
-    family: str = "mlp"
-    scaling_factor: float = 1.0
-    # Names of dynamic axes beyond the batch: e.g. ("height", "width") for diffusers VAEs.
-    dynamic_axes: tuple[str, ...] = ("batch",)
-    source_sha256: str = ""
-    source_path: str = ""
-    config: dict[str, Any] = field(default_factory=dict)
-    # Data for checks at export: a few real examples (e.g. the checkpoint's test split).
-    data_spec: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def latent_dim(self) -> int:
-        return math.prod(self.latent_shape)
-
-    def metadata(self, role: str, precision: str = "fp32") -> dict[str, str]:
-        """The ONNX ``metadata_props`` of the contract; all values are strings."""
-        from vae_deploy import __version__
-
-        def shape(s: tuple[int, ...]) -> str:
-            return ",".join(str(v) for v in s)
-
-        return {
-            f"{META_PREFIX}format_version": str(FORMAT_VERSION),
-            f"{META_PREFIX}role": role,
-            f"{META_PREFIX}input_shape": shape(self.input_shape),
-            f"{META_PREFIX}latent_shape": shape(self.latent_shape),
-            f"{META_PREFIX}latent_dim": str(self.latent_dim),
-            f"{META_PREFIX}likelihood": self.likelihood,
-            f"{META_PREFIX}family": self.family,
-            f"{META_PREFIX}precision": precision,
-            f"{META_PREFIX}dynamic_axes": ",".join(self.dynamic_axes),
-            f"{META_PREFIX}scaling_factor": repr(float(self.scaling_factor)),
-            f"{META_PREFIX}source_sha256": self.source_sha256,
-            f"{META_PREFIX}producer_version": __version__,
-        }
-
-    def model_section(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
-        d["latent_shape"] = list(self.latent_shape)
-        d["dynamic_axes"] = list(self.dynamic_axes)
-        d["latent_dim"] = self.latent_dim
-        for k in ("source_sha256", "source_path"):
-            d.pop(k)
-        return d
-
-    @classmethod
-    def from_model_section(cls, d: dict[str, Any], source: dict[str, Any] | None = None) -> ExportSpec:
-        keep = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        keep["input_shape"] = tuple(keep["input_shape"])
-        keep["latent_shape"] = tuple(keep["latent_shape"])
-        keep["dynamic_axes"] = tuple(keep.get("dynamic_axes", ("batch",)))
-        if source:
-            keep["source_sha256"] = source.get("sha256", "")
-            keep["source_path"] = source.get("path", "")
-        return cls(**keep)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    return tuple(int(v) for v in text.split(",") if v.strip())
+from vae_deploy.artifacts import FORMAT_VERSION, META_PREFIX, ExportSpec, parse_shape  # noqa: F401
 
 
 class EncoderGraph(nn.Module):
@@ -120,3 +51,6 @@ class Exportable:
     spec: ExportSpec
     example_x: torch.Tensor
     example_z: torch.Tensor
+    # The fp32 parity tolerance (a ``vae_deploy.parity.Tolerance``) when the default, sized for
+    # this project's small models, is too tight for the architecture; None: the default.
+    fp32_tolerance: Any = None

@@ -19,10 +19,13 @@ from vae_deploy.exporters._quiet import quiet_torch
 TORCHSCRIPT_METHOD = "torch.jit.trace"
 
 
-def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, role: str) -> None:
-    """Trace ``module`` and save it; the trace is re-checked at another batch size so that a
-    batch-size-dependent graph (a hard-coded reshape, say) is caught here."""
-    other = torch.cat([example, example, example[:1]], 0)  # a different, odd batch size
+def export_torchscript(module: nn.Module, example: torch.Tensor, path: Path, role: str,
+                       other: torch.Tensor | None = None) -> None:
+    """Trace ``module`` and save it; the trace is re-checked on ``other`` (by default the
+    example at another, odd batch size; the caller also varies any dynamic spatial axis) so
+    that a size-dependent graph (a hard-coded reshape, say) is caught here."""
+    if other is None:
+        other = torch.cat([example, example, example[:1]], 0)
     with quiet_torch() as log, torch.no_grad():
         try:
             traced = torch.jit.trace(module.eval(), (example,), check_inputs=[(other,)], check_tolerance=1e-5)

@@ -1,23 +1,19 @@
-"""Turn what the user has into an ``Exportable``: two deterministic graphs plus the spec.
-
-Today: this project's checkpoints (a path or a loaded ``Checkpoint``) and ``VAE`` modules.
-"""
+"""This project's own models: checkpoints (a path or a loaded ``Checkpoint``) and ``VAE`` modules."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from vae_deploy.checkpoint import Checkpoint, load_checkpoint
-from vae_deploy.errors import ConfigError
+from vae_deploy.checkpoint import Checkpoint
 from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
 from vae_deploy.model import VAE
 
 
 def from_vae(model: VAE, *, source_sha256: str = "", source_path: str = "",
              data_spec: dict[str, Any] | None = None) -> Exportable:
+    """A ``VAE`` knows its shapes and likelihood from its config: no probing needed."""
     cfg = model.config
     model = model.eval()
     spec = ExportSpec(
@@ -39,20 +35,4 @@ def from_checkpoint(ckpt: Checkpoint) -> Exportable:
     return from_vae(
         ckpt.build_model(), source_sha256=ckpt.sha256 or "", source_path=str(ckpt.path or ""),
         data_spec=ckpt.meta.get("data") or {},
-    )
-
-
-def to_exportable(obj: Any, example_input: torch.Tensor | None = None) -> Exportable:
-    """Accept a checkpoint path, a ``Checkpoint``, a ``VAE`` or an ``Exportable``."""
-    if isinstance(obj, Exportable):
-        return obj
-    if isinstance(obj, (str, Path)):
-        return from_checkpoint(load_checkpoint(obj))
-    if isinstance(obj, Checkpoint):
-        return from_checkpoint(obj)
-    if isinstance(obj, VAE):
-        return from_vae(obj)
-    raise ConfigError(
-        f"cannot export a {type(obj).__name__}: expected a checkpoint path, a Checkpoint, a vae_deploy VAE, "
-        "or a module with encode(x) -> (mu, logvar) and decode(z) -> x_hat"
     )

@@ -1,0 +1,1 @@
+"""vae-deploy benchmark suite (pytest-benchmark) and the report generator (``report.py``)."""

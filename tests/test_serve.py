@@ -1,0 +1,243 @@
+"""A real Triton server (PyTriton) on loopback ports, queried with tritonclient over HTTP and
+gRPC: answers equal the local Runtime's, concurrent load completes, bad requests get
+errors and leave the server answering, and ``vae-deploy serve`` stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vae_deploy.runtime import Runtime
+from vae_deploy.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL
+
+pytest.importorskip(
+    "pytriton.triton",
+    reason="PyTriton is not installed: the serve extra needs Linux x86_64/aarch64 with glibc >= 2.35 and numpy < 2",
+)
+httpclient = pytest.importorskip("tritonclient.http")
+grpcclient = pytest.importorskip("tritonclient.grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from vae_deploy.errors import ConfigError  # noqa: E402
+from vae_deploy.serve import ServeError, ServeOptions, VaeTritonServer  # noqa: E402
+
+HOST = "127.0.0.1"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((HOST, 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def export_dir(exports) -> Path:
+    return exports["mlp"]
+
+
+@pytest.fixture(scope="module")
+def runtime(export_dir) -> Runtime:
+    return Runtime.load(export_dir, provider="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(export_dir, tmp_path_factory):
+    http, grpc, metrics = free_ports(3)
+    rt = Runtime.load(export_dir, provider="cpu", max_batch=64, check_finite=False)
+    opts = ServeOptions(host=HOST, http_port=http, grpc_port=grpc, metrics_port=metrics, max_batch=64,
+                        max_delay_us=200, log_file=tmp_path_factory.mktemp("triton") / "tritonserver.log")
+    srv = VaeTritonServer(rt, opts).start()
+    try:
+        yield srv
+    finally:
+        start = time.monotonic()
+        srv.stop()
+        took = time.monotonic() - start
+    assert took < 10, f"the server took {took:.1f} s to stop"
+    assert not srv.is_alive()
+
+
+@pytest.fixture(params=["http", "grpc"])
+def client(request, server):
+    mod, url = (httpclient, server.http_url) if request.param == "http" else (grpcclient, server.grpc_url)
+    c = mod.InferenceServerClient(url)
+    c.mod = mod
+    yield c
+    c.close()
+
+
+def infer(client, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    tensors = []
+    for name, a in inputs.items():
+        t = client.mod.InferInput(name, list(a.shape), {np.float32: "FP32", np.float64: "FP64", np.int64: "INT64"}[
+            a.dtype.type])
+        t.set_data_from_numpy(a)
+        tensors.append(t)
+    result = client.infer(model, tensors)
+    return [result.as_numpy(o) for o in outputs]
+
+
+def test_models_are_ready_with_the_repository_names(client):
+    for model in (ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL):
+        assert client.is_model_ready(model)
+
+
+def test_encode_decode_equal_the_local_runtime(client, runtime):
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    mu, logvar = infer(client, ENCODER_MODEL, {"x": x}, ["mu", "logvar"])
+    ref_mu, ref_logvar = runtime.encode(x)
+    assert np.abs(mu - ref_mu).max() <= 1e-5 and np.abs(logvar - ref_logvar).max() <= 1e-5
+    (x_hat,) = infer(client, DECODER_MODEL, {"z": ref_mu}, ["x_hat"])
+    assert x_hat.shape == (5, 1, 8, 8) and np.abs(x_hat - runtime.decode(ref_mu)).max() <= 1e-5
+
+
+def test_sample_shapes_and_seeded_reproducibility(client, runtime):
+    n = np.array([6], np.int64)
+    (x,) = infer(client, SAMPLER_MODEL, {"n": n, "seed": np.array([3], np.int64)}, ["x_hat"])
+    assert x.shape == (6, 1, 8, 8) and x.dtype == np.float32
+    assert np.abs(x - runtime.sample(6, seed=3)).max() <= 1e-5
+    (unseeded,) = infer(client, SAMPLER_MODEL, {"n": n}, ["x_hat"])
+    assert unseeded.shape == (6, 1, 8, 8)
+
+
+def test_bad_requests_get_errors_and_the_server_keeps_answering(client, runtime):
+    bad = {
+        "wrong shape": (ENCODER_MODEL, {"x": np.zeros((2, 1, 8, 7), np.float32)}, "shape"),
+        "wrong dtype": (DECODER_MODEL, {"z": np.zeros((2, 4), np.float64)}, "FP64"),
+        "wrong rank": (DECODER_MODEL, {"z": np.zeros((4,), np.float32)}, "shape"),
+        "wrong name": (DECODER_MODEL, {"w": np.zeros((2, 4), np.float32)}, ""),
+        "zero n": (SAMPLER_MODEL, {"n": np.array([0], np.int64)}, "n must be"),
+        "negative n": (SAMPLER_MODEL, {"n": np.array([-1], np.int64)}, "n must be"),
+    }
+    for what, (model, inputs, needle) in bad.items():
+        with pytest.raises(InferenceServerException) as e:
+            infer(client, model, inputs, [])
+        assert needle in str(e.value), what
+    assert client.is_server_live() and client.is_server_ready()
+    z = np.zeros((1, 4), np.float32)
+    (x_hat,) = infer(client, DECODER_MODEL, {"z": z}, ["x_hat"])
+    assert np.abs(x_hat - runtime.decode(z)).max() <= 1e-5
+
+
+def test_a_nan_request_does_not_fail_requests_batched_with_it(server, runtime):
+    with httpclient.InferenceServerClient(server.http_url) as c:
+        c.mod = httpclient
+        z = np.full((1, 4), np.nan, np.float32)
+        (x_hat,) = infer(c, DECODER_MODEL, {"z": z}, ["x_hat"])
+    assert np.isnan(x_hat).all()
+
+
+def test_concurrent_load(server, runtime, capsys):
+    """16 clients x 50 single-example requests: no errors, every answer right; throughput reported."""
+    clients, per_client = 16, 50
+    rng = np.random.default_rng(1)
+    xs = rng.random((clients, 1, 1, 8, 8), dtype=np.float32)
+    ref = runtime.encode(xs[:, 0])[0]
+    errors: list[str] = []
+    latencies: list[float] = []
+    lock = threading.Lock()
+    server.stats[ENCODER_MODEL].reset()
+
+    def worker(i: int) -> None:
+        with httpclient.InferenceServerClient(server.http_url) as c:
+            c.mod = httpclient
+            for _ in range(per_client):
+                t = time.perf_counter()
+                try:
+                    (mu,) = infer(c, ENCODER_MODEL, {"x": xs[i]}, ["mu"])
+                    if np.abs(mu[0] - ref[i]).max() > 1e-5:
+                        raise AssertionError(f"client {i}: wrong answer")
+                except Exception as e:  # collected, reported below
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}")
+                    continue
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    wall = time.perf_counter() - start
+    assert not any(t.is_alive() for t in threads), "load test did not finish within 60 s"
+    assert not errors, errors[:3]
+    assert len(latencies) == clients * per_client
+    stats = server.stats[ENCODER_MODEL].snapshot()
+    assert stats["rows"] == clients * per_client and stats["mean_batch"] >= 1
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
+    with capsys.disabled():
+        print(f"\n[serve load] {clients}x{per_client} requests in {wall:.2f} s: {clients * per_client / wall:.0f} "
+              f"req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, mean batch {stats['mean_batch']:.1f}")
+
+
+def test_a_busy_port_fails_at_once_with_a_clear_error(runtime):
+    http, grpc, metrics = free_ports(3)
+    with socket.socket() as busy:
+        busy.bind((HOST, grpc))
+        busy.listen()
+        start = time.monotonic()
+        opts = ServeOptions(http_port=http, grpc_port=grpc, metrics_port=metrics, log_file=Path(os.devnull))
+        with pytest.raises(ServeError, match=f"grpc port {grpc}"):
+            VaeTritonServer(runtime, opts).start()
+    assert time.monotonic() - start < 5
+    with pytest.raises(ConfigError, match="distinct"):
+        ServeOptions(http_port=http, grpc_port=http)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early with {proc.returncode}: {proc.stdout.read()}")
+        try:
+            with httpclient.InferenceServerClient(url) as c:
+                if c.is_server_ready() and c.is_model_ready(SAMPLER_MODEL):
+                    return
+        except Exception:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("serve did not become ready")
+
+
+def test_cli_serve_stops_cleanly_on_ctrl_c(export_dir):
+    http, grpc, metrics = free_ports(3)
+    cmd = [sys.executable, "-m", "vae_deploy", "serve", str(export_dir), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--no-dynamic-batching"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        _wait_ready(f"{HOST}:{http}", proc, timeout=60)
+        with httpclient.InferenceServerClient(f"{HOST}:{http}") as c:
+            c.mod = httpclient
+            (x,) = infer(c, SAMPLER_MODEL, {"n": np.array([2], np.int64)}, ["x_hat"])
+            assert x.shape == (2, 1, 8, 8)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+        took = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "serving vae_encoder" in out and "stopped" in out
+    assert took < 10, f"stop took {took:.1f} s"
+    with socket.socket() as s:  # the port is free again
+        s.bind((HOST, http))

@@ -1,0 +1,179 @@
+"""The artifact contract in code, with no torch and no onnx: what a consumer of ``export/``
+needs (the spec, the manifest and its checksum checks). ``Runtime`` imports only this, so a
+service that runs exported models needs numpy and onnxruntime, not torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vae_deploy.errors import ArtifactError
+
+FORMAT_VERSION = 1
+META_PREFIX = "vae_deploy."
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    input_shape: tuple[int, ...]  # per example, no batch axis; -1 marks a dynamic axis
+    latent_shape: tuple[int, ...]  # per example: [latent_dim] (flat) or e.g. [4, -1, -1] (spatial)
+    likelihood: str = "bernoulli"
+    family: str = "mlp"
+    scaling_factor: float = 1.0
+    # Names of dynamic axes beyond the batch: e.g. ("height", "width") for diffusers VAEs.
+    dynamic_axes: tuple[str, ...] = ("batch",)
+    source_sha256: str = ""
+    source_path: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    # Data for checks at export: a few real examples (e.g. the checkpoint's test split).
+    data_spec: dict[str, Any] = field(default_factory=dict)
+    # Concrete shapes the export was traced and checked at. With dynamic axes they are what a
+    # consumer needs to pick sizes (sampling draws z of ``example_latent_shape``); empty means
+    # "same as input_shape / latent_shape" (no dynamic per-example axis).
+    example_input_shape: tuple[int, ...] = ()
+    example_latent_shape: tuple[int, ...] = ()
+
+    @property
+    def latent_dim(self) -> int:
+        """Elements per latent; -1 when the latent has a dynamic axis (it varies with the input)."""
+        return -1 if self.has_dynamic_latent else math.prod(self.latent_shape)
+
+    @property
+    def has_dynamic_latent(self) -> bool:
+        return any(d < 0 for d in self.latent_shape)
+
+    @property
+    def adapter(self) -> str | None:
+        """The adapter a foreign (bring-your-own) model was exported through; None for ours."""
+        return self.config.get("adapter") if self.config else None
+
+    @property
+    def concrete_input_shape(self) -> tuple[int, ...]:
+        """The per-example input shape to use when a concrete one is needed (the example's)."""
+        return tuple(self.example_input_shape) or tuple(self.input_shape)
+
+    @property
+    def concrete_latent_shape(self) -> tuple[int, ...]:
+        return tuple(self.example_latent_shape) or tuple(self.latent_shape)
+
+    def metadata(self, role: str, precision: str = "fp32") -> dict[str, str]:
+        """The ONNX ``metadata_props`` of the contract; all values are strings."""
+        from vae_deploy import __version__
+
+        def shape(s: tuple[int, ...]) -> str:
+            return ",".join(str(v) for v in s)
+
+        return {
+            f"{META_PREFIX}format_version": str(FORMAT_VERSION),
+            f"{META_PREFIX}role": role,
+            f"{META_PREFIX}input_shape": shape(self.input_shape),
+            f"{META_PREFIX}latent_shape": shape(self.latent_shape),
+            f"{META_PREFIX}latent_dim": str(self.latent_dim),
+            f"{META_PREFIX}likelihood": self.likelihood,
+            f"{META_PREFIX}family": self.family,
+            f"{META_PREFIX}precision": precision,
+            f"{META_PREFIX}dynamic_axes": ",".join(self.dynamic_axes),
+            f"{META_PREFIX}scaling_factor": repr(float(self.scaling_factor)),
+            f"{META_PREFIX}example_input_shape": shape(self.concrete_input_shape),
+            f"{META_PREFIX}example_latent_shape": shape(self.concrete_latent_shape),
+            f"{META_PREFIX}source_sha256": self.source_sha256,
+            f"{META_PREFIX}producer_version": __version__,
+        }
+
+    def model_section(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["latent_shape"] = list(self.latent_shape)
+        d["dynamic_axes"] = list(self.dynamic_axes)
+        d["example_input_shape"] = list(self.concrete_input_shape)
+        d["example_latent_shape"] = list(self.concrete_latent_shape)
+        d["latent_dim"] = self.latent_dim
+        for k in ("source_sha256", "source_path"):
+            d.pop(k)
+        return d
+
+    @classmethod
+    def from_model_section(cls, d: dict[str, Any], source: dict[str, Any] | None = None) -> ExportSpec:
+        keep = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        keep["input_shape"] = tuple(keep["input_shape"])
+        keep["latent_shape"] = tuple(keep["latent_shape"])
+        keep["dynamic_axes"] = tuple(keep.get("dynamic_axes", ("batch",)))
+        for k in ("example_input_shape", "example_latent_shape"):
+            keep[k] = tuple(keep.get(k, ()))
+        if source:
+            keep["source_sha256"] = source.get("sha256", "")
+            keep["source_path"] = source.get("path", "")
+        return cls(**keep)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+MANIFEST = "manifest.json"
+FORMAT_NAME = "vae-deploy-export"
+
+
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(folder: str | Path, *, verify: bool = True, only: list[str] | None = None) -> dict[str, Any]:
+    """Read the manifest and (by default) check every listed file's size and sha256.
+
+    ``only`` restricts the checksum check to some files (a runtime needs only the ONNX ones).
+    """
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not folder.is_dir():
+        raise ArtifactError(f"export folder {str(folder)!r} does not exist (run `vae-deploy export` first)")
+    if not path.is_file():
+        raise ArtifactError(f"{str(folder)!r} has no {MANIFEST}: not a vae-deploy export folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{str(path)!r} is not valid JSON: {e}") from None
+    fmt = manifest.get("format", {}) if isinstance(manifest, dict) else {}
+    if fmt.get("name") != FORMAT_NAME or fmt.get("version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{str(path)!r} has format {fmt!r}; expected {{'name': {FORMAT_NAME!r}, 'version': {FORMAT_VERSION}}}"
+        )
+    if verify:
+        verify_files(folder, manifest, only=only)
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict[str, Any], only: list[str] | None = None) -> None:
+    problems = []
+    for name, entry in manifest.get("files", {}).items():
+        if only is not None and name not in only:
+            continue
+        p = folder / name
+        if not p.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        size = p.stat().st_size
+        if size != entry.get("size"):
+            problems.append(f"{name}: size {size} bytes, manifest says {entry.get('size')} (truncated or replaced?)")
+            continue
+        digest = file_sha256(p)
+        if digest != entry.get("sha256"):
+            problems.append(f"{name}: sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}... "
+                            "(modified after export)")
+    if problems:
+        raise ArtifactError(f"export folder {str(folder)!r} failed its checksum check:\n  " + "\n  ".join(problems))
+
+
+def spec_from_manifest(manifest: dict[str, Any]) -> ExportSpec:
+    return ExportSpec.from_model_section(manifest["model"], manifest.get("source"))
