@@ -70,7 +70,7 @@ def describe_export(folder: str | Path) -> str:
     lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()))
     lines.append("files (checksums verified):")
     for name, e in manifest["files"].items():
-        lines.append(f"  {name:<24} {e['size']:>10,d} B  {e['role']:<8} {e['format']:<12} {e['precision']:<5} {e['sha256'][:16]}...")
+        lines.append(f"  {name:<24} {e['size']:>10,d} B  {e['role']:<8} {e['format']:<12} {e['precision']:<9} {e['sha256'][:16]}...")
         if e["format"] == "onnx":
             model = onnx.load(str(folder / name), load_external_data=False)
 

@@ -5,13 +5,14 @@ Choices, each measured on this project's 2-core AVX2 machine (no VNNI), batch 51
 thread, CPU time (bench/variants.py reproduces them):
 
 - **Dynamic** (weights int8 once, activations quantised per batch at run time) for graphs
-  whose work is MatMul/Gemm: the 16-256-512-784 MLP decoder ran 1.8x faster than fp32.
+  whose work is MatMul/Gemm: the 16-256-512-784 MLP decoder ran 1.7x faster than fp32.
   Dynamic quantisation of *convolutions* (ConvInteger) was 3.7x slower than fp32, so only
   MatMul/Gemm are quantised dynamically.
 - **Static QDQ** (activation ranges calibrated once on real data, then fixed) for graphs
   with convolutions: onnxruntime fuses the Q/DQ pairs into QLinearConv. On the rewritten
-  28x28 conv decoder: 1.35x faster than its fp32 form; 64x64x3: 1.3x. On the MLP static
-  was no faster than dynamic and 7x less accurate (clipped ranges), hence ``auto``.
+  28x28 conv decoder: 1.25x faster than its fp32 form (dynamic: 1.0x); 64x64x3: 1.35x
+  (dynamic: 1.1x). On the MLP static was no faster than dynamic and 3-7x less accurate
+  (fixed ranges), hence ``auto``.
 - **Signed int8 weights with ``reduce_range``** (7-bit weights): the u8 x s8 kernels of
   AVX2 without VNNI sum pairs of products in int16 and saturate with full 8-bit weights; on
   the MLP that gave 3.4e-2 max error instead of 2.4e-3. Unsigned weights avoid it but ran

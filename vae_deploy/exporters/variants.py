@@ -111,12 +111,13 @@ def calibration_inputs(exp: Exportable) -> tuple[dict[str, np.ndarray], str]:
     with torch.inference_mode():
         mu, _ = exp.encoder(torch.from_numpy(x))
     rng = np.random.default_rng(0)
-    normal = rng.standard_normal((CALIBRATION_NORMAL, *spec.latent_shape), dtype=np.float32)
+    latent = tuple(mu.shape[1:])  # concrete, also where the spec's latent axes are dynamic
+    normal = rng.standard_normal((CALIBRATION_NORMAL, *latent), dtype=np.float32)
     # Min/max calibration clips whatever it has not seen; N(0, I) draws rarely reach 4 sigma in
     # many dimensions at once, so add such corners explicitly (random signs, all +, all -).
-    signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=(30, *spec.latent_shape))
-    edges = CALIBRATION_EDGE * np.concatenate([signs, np.ones((1, *spec.latent_shape), np.float32),
-                                               -np.ones((1, *spec.latent_shape), np.float32)])
+    signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=(30, *latent))
+    edges = CALIBRATION_EDGE * np.concatenate([signs, np.ones((1, *latent), np.float32),
+                                               -np.ones((1, *latent), np.float32)])
     z = np.concatenate([mu.numpy().astype(np.float32), normal, edges.astype(np.float32)])
     return {"encoder": x, "decoder": z}, (f"encoder: {described}; decoder: their posterior means, {CALIBRATION_NORMAL} "
                                           f"N(0, I) draws and {len(edges)} +-{CALIBRATION_EDGE:g} sigma corners")
