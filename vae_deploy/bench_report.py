@@ -116,9 +116,10 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
         lines.append("")
     lines.append("Measured: speed-ups are paired (median over rounds of the ratio within a round, backends "
                  "interleaved round by round); the ceiling fraction uses the median round; the Runtime overhead "
-                 "compares median calls; the batcher ratio is paired per window. Best round: the fastest round "
-                 "of each backend (fastest call for the overhead, fastest window for the batcher), i.e. what "
-                 "each did while other processes left it the CPUs; the verdict is the median's.")
+                 "is the A/B measurement below (median of per-pair differences of alternated single calls); the "
+                 "batcher ratio is paired per window. Best round: the fastest round of each backend (fastest "
+                 "call for the overhead, fastest window for the batcher), i.e. what each did while other "
+                 "processes left it the CPUs; the verdict is the median's.")
     lines.append("")
 
     lines += ["## Models", "", "| model | what | decoder MFLOP/sample | encoder MFLOP/sample | backends | eager baseline |",
