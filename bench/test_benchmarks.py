@@ -31,10 +31,11 @@ def _run(benchmark, case, op: str) -> None:
     benchmark(fn)
     median = benchmark.stats.stats.median
     benchmark.extra_info["samples_per_s"] = bs / median if median else None
-    flops = model.flops.get("decoder" if op == "sample" else "encoder")
-    if flops is None:
-        flops = model.flops[("decoder" if op == "sample" else "encoder")] = vb.onnx_flops(
-            model.folder / ("decoder.onnx" if op == "sample" else "encoder.onnx"))
+    role = "decoder" if op == "sample" else "encoder"
+    if role not in model.flops:
+        x_shape, z_shape = vb.example_shapes(model.manifest)
+        model.flops[role] = vb.onnx_flops(model.folder / f"{role}.onnx", z_shape if role == "decoder" else x_shape)
+    flops = model.flops[role]
     if flops and median:
         benchmark.extra_info["gflops"] = flops * bs / median / 1e9
 

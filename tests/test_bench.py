@@ -156,3 +156,29 @@ def test_cli_bench_quick(exports, tmp_path):
     assert (out / "report.md").is_file()
     bad = CliRunner().invoke(main, ["bench", str(exports["mlp"]), "--ops", "decode", "--out", str(out)])
     assert bad.exit_code == 1 and "unknown op" in bad.output
+
+
+def test_every_precision_variant_in_the_manifest_is_a_backend(exports, tmp_path):
+    """A variant listed in manifest.json (here a relabelled copy of the fp32 decoder) becomes its
+    own row for sampling; with no encoder at that precision its encode cells are skipped."""
+    import shutil
+
+    from vae_deploy.exporters.manifest import file_entry
+
+    folder = tmp_path / "variants"
+    shutil.copytree(exports["mlp"], folder)
+    shutil.copy(folder / "decoder.onnx", folder / "decoder.int8.onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["decoder.int8.onnx"] = file_entry(folder / "decoder.int8.onnx", role="decoder", fmt="onnx",
+                                                        precision="int8")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    cfg = vb.BenchConfig.make(quick=True, batch_sizes=(1,), rounds=1, round_s=0.001, ceiling_size=128,
+                              backends=("ort-cpu*",), batcher=False)
+    report = vb.run_benchmark([folder], cfg)
+    (model,) = report["models"]
+    assert model["backends"] == ["ort-cpu", "ort-cpu-bare", "ort-cpu-int8"]
+    assert model["precisions"] == ["fp32", "int8"]
+    cells = {(c["op"], c["backend"]) for c in report["cells"]}
+    assert ("sample", "ort-cpu-int8") in cells and ("encode", "ort-cpu-int8") not in cells
+    assert any(s["backend"] == "ort-cpu-int8" and s.get("op") == "encode" for s in report["skipped"])
+    assert model["parity_max_abs_diff"]["ort-cpu-int8"] == 0.0  # same graph: same numbers

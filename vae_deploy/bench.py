@@ -355,27 +355,51 @@ def time_group(calls: dict[str, Callable[[], Any]], batch_size: int, cfg: BenchC
 # ---------------------------------------------------------------------------------------------
 # FLOPs
 # ---------------------------------------------------------------------------------------------
-def onnx_flops(path: str | Path) -> float | None:
+MAC_OPS = ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "Conv", "ConvInteger",
+           "QLinearConv", "ConvTranspose")
+
+
+def onnx_flops(path: str | Path, item_shape: Sequence[int] | None = None) -> float | None:
     """FLOPs per example of an ONNX graph: 2 x the MACs of Gemm/MatMul/Conv/ConvTranspose
     (and their integer/quantised forms). Shapes come from ONNX shape inference with the batch
-    axis set to 1. None when a shape cannot be inferred (e.g. dynamic spatial axes)."""
+    axis set to 1 and other dynamic input axes taken from ``item_shape`` (the example shape the
+    harness feeds); where inference cannot tell (data-dependent reshapes, e.g. attention), from
+    one onnxruntime run at batch 1. None when neither gives the shapes."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    init_names = {i.name for i in model.graph.initializer}
+    feeds_shape: dict[str, list[int]] = {}
     for inp in model.graph.input:
+        if inp.name in init_names:
+            continue
         dims = inp.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = 1
+        for axis, d in enumerate(dims):
+            if not d.HasField("dim_value"):
+                if axis == 0:
+                    d.dim_value = 1
+                elif item_shape is not None and axis - 1 < len(item_shape) and item_shape[axis - 1] > 0:
+                    d.dim_value = int(item_shape[axis - 1])
+        feeds_shape[inp.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception:
-        return None
+        inferred = model
     shapes: dict[str, list[int]] = {}
-    for vi in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         dims = vi.type.tensor_type.shape.dim
         shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else -1 for d in dims]
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
+    macs = _count_macs(model, shapes)
+    if macs is None and all(all(d > 0 for d in s) for s in feeds_shape.values()):
+        shapes.update(_shapes_by_running(model, feeds_shape))
+        macs = _count_macs(model, shapes)
+    return None if macs is None else 2.0 * macs
+
+
+def _count_macs(model: Any, shapes: dict[str, list[int]]) -> int | None:
+    import onnx
 
     def known(name: str) -> list[int] | None:
         s = shapes.get(name)
@@ -384,6 +408,8 @@ def onnx_flops(path: str | Path) -> float | None:
     macs = 0
     for node in model.graph.node:
         op = node.op_type
+        if op not in MAC_OPS:
+            continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if op in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul"):
             a_name = node.input[0]
@@ -402,12 +428,44 @@ def onnx_flops(path: str | Path) -> float | None:
             if w is None or out is None:
                 return None
             macs += math.prod(out) * math.prod(w[1:])  # per output: Cin/groups * prod(kernel)
-        elif op == "ConvTranspose":
+        else:  # ConvTranspose
             x, w = known(node.input[0]), known(node.input[1])
             if x is None or w is None:
                 return None
             macs += math.prod(x) * math.prod(w[1:])  # per input element: Cout/groups * prod(kernel)
-    return 2.0 * macs
+    return macs
+
+
+def _shapes_by_running(model: Any, feeds_shape: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Concrete shapes of the tensors around the MAC ops, from one unoptimised onnxruntime run
+    on zeros (the graph is copied with those tensors added as outputs)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output} | {i.name for i in m.graph.initializer} | set(feeds_shape)
+    wanted = []
+    for node in m.graph.node:
+        if node.op_type in MAC_OPS:
+            for name in [*node.input[:4], node.output[0]]:
+                if name and name not in have:
+                    have.add(name)
+                    wanted.append(name)
+    for name in wanted:
+        m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        types = {i.name: i.type for i in sess.get_inputs()}
+        feeds = {n: np.zeros(s, dtype=np.float16 if "float16" in types.get(n, "") else np.float32)
+                 for n, s in feeds_shape.items()}
+        names = [o.name for o in sess.get_outputs()]
+        return {n: list(v.shape) for n, v in zip(names, sess.run(names, feeds))}
+    except Exception:
+        return {}
 
 
 def torch_flops(module: Any, example: Any) -> float:
@@ -606,8 +664,9 @@ def prepare_export(folder: str | Path, name: str | None = None) -> BenchModel:
     manifest = load_manifest(folder, verify=True)
     m = manifest["model"]
     name = name or folder.resolve().name
-    desc = (f"{m.get('family', '?')} {'x'.join('?' if d < 0 else str(d) for d in m['input_shape'])}, "
-            f"latent {m.get('latent_shape')}")
+    dims = "x".join(str(d) if d > 0 else "?" for d in m["input_shape"])
+    latent = "x".join(str(d) if d > 0 else "?" for d in m["latent_shape"])
+    desc = f"{m.get('family', '?')} {dims}, latent {latent}"
     eager, note = None, ""
     src = manifest.get("source") or {}
     try:
@@ -625,10 +684,7 @@ def prepare_export(folder: str | Path, name: str | None = None) -> BenchModel:
                 raise ValueError("checkpoint changed since export")
             ex = from_checkpoint(ckpt)
             eager, note = (ex.encoder, ex.decoder), f"checkpoint {ckpt_path}"
-        elif (m.get("config") or {}).get("adapter"):
-            note = (f"your own model ({m['config'].get('class')}): the export folder alone cannot rebuild it, "
-                    "so there is no eager baseline")
-        elif m.get("config"):
+        elif m.get("config") and m.get("family") in ("mlp", "conv") and "adapter" not in m["config"]:
             import torch
 
             from vae_deploy.model import VAE, VAEConfig
@@ -637,6 +693,9 @@ def prepare_export(folder: str | Path, name: str | None = None) -> BenchModel:
             ex = from_vae(VAE(VAEConfig.from_dict(dict(m["config"]))))
             eager = (ex.encoder, ex.decoder)
             note = "checkpoint not found: same architecture with random weights (same cost)"
+        elif m.get("config"):
+            note = (f"no eager baseline: a {m.get('family')} model's source module is not part of the export "
+                    "(speed-ups are left out)")
         else:
             note = "no checkpoint and no config in the manifest: no eager baseline"
     except Exception as e:
@@ -656,7 +715,7 @@ class BareSession:
         self.dec = runtime.decoder_session
         self.z_name = self.dec.get_inputs()[0].name
         self.x_name = self.enc.get_inputs()[0].name
-        self.latent_shape = runtime.sample_latent_shape()  # concrete: the example's, for a dynamic latent
+        self.latent_shape = tuple(concrete_latent_shape(runtime))
         self.rng = np.random.default_rng()
 
     def sample(self, n: int) -> np.ndarray:
@@ -671,6 +730,22 @@ class BareSession:
 
     def close(self) -> None:
         pass
+
+
+def concrete_latent_shape(backend: Any) -> tuple[int, ...]:
+    """The latent shape sampling draws (a dynamic latent takes the export's example shape)."""
+    if hasattr(backend, "sample_latent_shape"):
+        return tuple(backend.sample_latent_shape())
+    return tuple(backend.latent_shape)
+
+
+def example_shapes(manifest: dict[str, Any]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(input, latent) per-example shapes the harness feeds: the export's recorded example
+    shapes where axes are dynamic (16 when none is recorded)."""
+    m = manifest["model"]
+    x = tuple(m.get("example_input_shape") or m["input_shape"])
+    z = tuple(m.get("example_latent_shape") or m["latent_shape"])
+    return tuple(d if d > 0 else 16 for d in x), tuple(d if d > 0 else 16 for d in z)
 
 
 def precision_variants(manifest: dict[str, Any]) -> list[str]:
@@ -779,8 +854,7 @@ def parity_check(model: BenchModel, backends: dict[str, Any], n: int = 8) -> dic
     """Max |difference| of each backend's decode and encode against the first backend (eager when
     present), on a fixed input: a sanity check that every timed backend computes the same model."""
     rng = np.random.default_rng(123)
-    shape = _concrete(model.manifest["model"], "input_shape", 16)
-    lat = _concrete(model.manifest["model"], "latent_shape", 4)
+    shape, lat = example_shapes(model.manifest)
     x = rng.random((n, *shape), dtype=np.float32)
     z = rng.standard_normal((n, *lat), dtype=np.float32)
     ref_name = EAGER if EAGER in backends else next(iter(backends), None)
@@ -801,18 +875,8 @@ def parity_check(model: BenchModel, backends: dict[str, Any], n: int = 8) -> dic
     return out
 
 
-def _concrete(model_section: dict[str, Any], key: str, fill: int) -> tuple[int, ...]:
-    """A per-example shape to measure at: the export's example shape (what it was traced and
-    verified at, e.g. 3x32x32 for a dynamic-size VAE), else the contract's with ``fill`` for
-    dynamic axes (manifests from before example shapes were recorded)."""
-    example = model_section.get(f"example_{key}")
-    if example:
-        return tuple(example)
-    return tuple(d if d > 0 else fill for d in model_section[key])
-
-
 def input_batch(model: BenchModel, batch_size: int, seed: int = 0) -> np.ndarray:
-    shape = _concrete(model.manifest["model"], "input_shape", 16)
+    shape = example_shapes(model.manifest)[0]
     return np.random.default_rng(seed).random((batch_size, *shape), dtype=np.float32)
 
 
@@ -855,8 +919,9 @@ def profile_runtime_overhead(runtime: Any, calls: int = 2000, rounds: int = 15) 
         finite, finite_name = _backends._all_finite, "backends._all_finite"
     else:
         finite, finite_name = (lambda a: np.isfinite(a).all()), "np.isfinite(x).all()"
-    lat = runtime.sample_latent_shape()
-    shape = tuple(runtime.spec.concrete_input_shape)
+    lat = concrete_latent_shape(runtime)
+    shape = tuple(getattr(runtime.spec, "concrete_input_shape", runtime.input_shape))
+    shape = tuple(d if d > 0 else 16 for d in shape)
     z = np.zeros((1, *lat), np.float32)
     x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
     stub = copy.copy(runtime)
@@ -1092,8 +1157,9 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                               "models": [], "cells": [], "batcher": [], "skipped": []}
     no_batcher = batcher_unavailable_reason() if cfg.batcher else "disabled (--no-batcher)"
     for model in models:
-        for role in ("decoder", "encoder"):
-            model.flops[role] = onnx_flops(model.folder / f"{role}.onnx")
+        x_shape, z_shape = example_shapes(model.manifest)
+        model.flops["decoder"] = onnx_flops(model.folder / "decoder.onnx", z_shape)
+        model.flops["encoder"] = onnx_flops(model.folder / "encoder.onnx", x_shape)
         backends, skipped = build_backends(model, cfg)
         say(f"[{model.name}] {model.description}: backends {', '.join(backends)}"
             + (f"; skipped {', '.join(skipped)}" if skipped else ""))
@@ -1106,6 +1172,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
             "config": model.manifest["model"].get("config") or None,
             "flops_per_sample": dict(model.flops), "backends": list(backends), "skipped_backends": skipped,
             "eager_baseline": model.eager_note, "parity_max_abs_diff": parity,
+            "parity_reference": EAGER if EAGER in backends else next(iter(backends), None),
             "precisions": ["fp32", *precision_variants(model.manifest)],
         })
         for name, why in skipped.items():
