@@ -61,3 +61,40 @@ def copy_export(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+class SpatialToyVAE(torch.nn.Module):
+    """A diffusers-style toy: C x 8 x 8 images, a multi-dimensional latent [2, 4, 4]."""
+
+    latent_shape = (2, 4, 4)
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.input_shape = (channels, 8, 8)
+        self.enc = torch.nn.Conv2d(channels, 4, 4, stride=2, padding=1)
+        self.dec = torch.nn.ConvTranspose2d(2, channels, 4, stride=2, padding=1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.enc(x).chunk(2, dim=1)
+        return mu, logvar.clamp(-30, 20)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.dec(z))
+
+    def exportable(self, family: str = "toy"):
+        from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
+
+        gen = torch.Generator().manual_seed(0)
+        spec = ExportSpec(input_shape=self.input_shape, latent_shape=self.latent_shape, family=family)
+        return Exportable(
+            EncoderGraph(self.encode, self), DecoderGraph(self.decode, self), spec,
+            torch.rand((2, *self.input_shape), generator=gen), torch.randn((2, *self.latent_shape), generator=gen),
+        )
+
+
+def spatial_toy_export(out: Path, channels: int, family: str = "toy") -> Path:
+    """Export a seeded ``SpatialToyVAE`` (ONNX only, unverified: its numbers don't matter)."""
+    from vae_deploy.exporters import export
+
+    torch.manual_seed(0)
+    return export(SpatialToyVAE(channels).eval().exportable(family), out, formats=("onnx",), verify=False).out_dir

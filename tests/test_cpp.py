@@ -20,12 +20,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 from onnx import TensorProto, helper
-from torch import nn
 
-from vae_deploy.exporters import export
-from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
+from tests.conftest import spatial_toy_export
 
 CPP = Path(__file__).resolve().parents[1] / "cpp"
 TOL = 1e-5
@@ -60,39 +57,11 @@ def run_cpp(exe: Path, *args: object, ok: bool = True, timeout: float = 60) -> s
 # --- exports -------------------------------------------------------------------------------
 
 
-class SpatialVAE(nn.Module):
-    """A diffusers-style toy: colour 8x8 images, latents [2, 4, 4] (multi-dimensional)."""
-
-    input_shape, latent_shape = (3, 8, 8), (2, 4, 4)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Conv2d(3, 4, 4, stride=2, padding=1)
-        self.dec = nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.enc(x).chunk(2, dim=1)
-        return mu, logvar.clamp(-30, 20)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.dec(z))
-
-    def exportable(self) -> Exportable:
-        gen = torch.Generator().manual_seed(0)
-        spec = ExportSpec(input_shape=self.input_shape, latent_shape=self.latent_shape, family="toy")
-        return Exportable(
-            EncoderGraph(self.encode, self), DecoderGraph(self.decode, self), spec,
-            torch.rand((2, *self.input_shape), generator=gen), torch.randn((2, *self.latent_shape), generator=gen),
-        )  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def cpp_exports(exports, tmp_path_factory) -> dict[str, Path]:
     """The suite's tiny mlp and conv exports (trained, verified), and a spatial-latent toy."""
-    torch.manual_seed(0)
-    spatial = SpatialVAE().eval()
     out = tmp_path_factory.mktemp("cpp-exports") / "spatial"
-    return {**exports, "spatial": export(spatial.exportable(), out, formats=("onnx",), verify=False).out_dir}
+    return {**exports, "spatial": spatial_toy_export(out, channels=3)}
 
 
 FAMILIES = ["mlp", "conv", "spatial"]

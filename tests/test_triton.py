@@ -15,12 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
+from tests.conftest import spatial_toy_export
 from vae_deploy.errors import ArtifactError, ConfigError
-from vae_deploy.exporters import export
-from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
 from vae_deploy.runtime import Runtime
 from vae_deploy.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL, write_triton_repo
 
@@ -31,35 +28,10 @@ model_config_pb2 = pytest.importorskip(
 )
 
 
-class _SpatialVAE(nn.Module):
-    """A latent of shape (2, 4, 4), as diffusers-style VAEs have: the contract allows it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.enc = nn.Conv2d(1, 4, 3, stride=2, padding=1)
-        self.dec = nn.ConvTranspose2d(2, 1, 4, stride=2, padding=1)
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.enc(x).chunk(2, dim=1)
-        return mu, logvar.clamp(-30, 20)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.dec(z))
-
-
-def _spatial_exportable() -> Exportable:
-    torch.manual_seed(0)
-    m = _SpatialVAE().eval()
-    spec = ExportSpec(input_shape=(1, 8, 8), latent_shape=(2, 4, 4), family="spatial")
-    return Exportable(EncoderGraph(m.encode, m), DecoderGraph(m.decode, m), spec,
-                      torch.rand(2, 1, 8, 8), torch.randn(2, 2, 4, 4))
-
-
 @pytest.fixture(scope="module")
 def all_exports(exports, tmp_path_factory) -> dict[str, Path]:
     """The session's mlp and conv exports (flat latents) plus a conv model with a (2, 4, 4) latent."""
-    spatial = export(_spatial_exportable(), tmp_path_factory.mktemp("spatial") / "export", formats=("onnx",),
-                     verify=False).out_dir
+    spatial = spatial_toy_export(tmp_path_factory.mktemp("spatial") / "export", channels=1, family="spatial")
     return {**exports, "spatial": spatial}
 
 
