@@ -154,23 +154,28 @@ def load_manifest(folder: str | Path, *, verify: bool = True, only: list[str] | 
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict[str, Any], only: list[str] | None = None) -> None:
-    problems = []
+def file_status(folder: Path, manifest: dict[str, Any], only: list[str] | None = None) -> dict[str, str]:
+    """Each listed file's state against the manifest: "ok", or what is wrong with it (missing,
+    a size that says truncated or replaced, a sha256 that says modified after export)."""
+    status: dict[str, str] = {}
     for name, entry in manifest.get("files", {}).items():
         if only is not None and name not in only:
             continue
         p = folder / name
         if not p.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        size = p.stat().st_size
-        if size != entry.get("size"):
-            problems.append(f"{name}: size {size} bytes, manifest says {entry.get('size')} (truncated or replaced?)")
-            continue
-        digest = file_sha256(p)
-        if digest != entry.get("sha256"):
-            problems.append(f"{name}: sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}... "
-                            "(modified after export)")
+            status[name] = "missing"
+        elif p.stat().st_size != entry.get("size"):
+            status[name] = f"size {p.stat().st_size} bytes != manifest {entry.get('size')} (truncated or replaced)"
+        elif file_sha256(p) != entry.get("sha256"):
+            status[name] = "sha256 does not match the manifest (modified after export)"
+        else:
+            status[name] = "ok"
+    return status
+
+
+def verify_files(folder: Path, manifest: dict[str, Any], only: list[str] | None = None) -> None:
+    """Raise one ArtifactError naming every listed file that fails ``file_status``."""
+    problems = [f"{name}: {state}" for name, state in file_status(folder, manifest, only).items() if state != "ok"]
     if problems:
         raise ArtifactError(f"export folder {str(folder)!r} failed its checksum check:\n  " + "\n  ".join(problems))
 

@@ -16,7 +16,14 @@ import numpy as np
 import onnxruntime as ort
 
 from vae_deploy import providers
-from vae_deploy.artifacts import META_PREFIX, ExportSpec, load_manifest, parse_shape, spec_from_manifest
+from vae_deploy.artifacts import (
+    META_PREFIX,
+    ExportSpec,
+    load_manifest,
+    parse_shape,
+    spec_from_manifest,
+    verify_files,
+)
 from vae_deploy.backends import Backend
 from vae_deploy.errors import ArtifactError
 
@@ -96,7 +103,7 @@ class Runtime(Backend):
         manifest = load_manifest(folder, verify=False)
         enc, dec = variant_file(manifest, "encoder", precision), variant_file(manifest, "decoder", precision)
         if verify_checksums:
-            load_manifest(folder, verify=True, only=[enc, dec])
+            verify_files(folder, manifest, only=[enc, dec])
         rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), **kwargs)
         rt.precision = precision
         return rt

@@ -203,7 +203,7 @@ def write_triton_repo(
     are copied only after their manifest checksums match. ``out`` is replaced atomically; a
     folder holding anything but these models is refused rather than overwritten.
     """
-    from vae_deploy.artifacts import load_manifest
+    from vae_deploy.artifacts import load_manifest, verify_files
     from vae_deploy.runtime import variant_file
 
     kind = kind.lower()
@@ -219,7 +219,7 @@ def write_triton_repo(
     export_dir, out = Path(export_dir), Path(out)
     manifest = load_manifest(export_dir, verify=False)
     files = {role: variant_file(manifest, role, precision) for role in ("encoder", "decoder")}
-    load_manifest(export_dir, verify=True, only=list(files.values()))  # ArtifactError on a mismatch
+    verify_files(export_dir, manifest, only=list(files.values()))  # ArtifactError on a mismatch
     graphs = {role: read_graph(export_dir / name, role) for role, name in files.items()}
     if graphs["encoder"].latent_shape != graphs["decoder"].latent_shape or (
             graphs["encoder"].input_shape != graphs["decoder"].input_shape):

@@ -15,9 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vae_deploy.checkpoint import file_sha256
+from vae_deploy.artifacts import file_status, load_manifest
 from vae_deploy.errors import ArtifactError
-from vae_deploy.exporters.manifest import load_manifest
 from vae_deploy.exporters.spec import META_PREFIX, Exportable, parse_shape
 from vae_deploy.parity import DEFAULT_TOLERANCES, compare_backends, format_report
 
@@ -26,17 +25,7 @@ DEFAULT_BATCH_SIZES = (1, 7, 64, 257)
 
 
 def check_integrity(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    files = {}
-    for name, entry in manifest.get("files", {}).items():
-        p = folder / name
-        if not p.is_file():
-            files[name] = "missing"
-        elif p.stat().st_size != entry.get("size"):
-            files[name] = f"size {p.stat().st_size} bytes != manifest {entry.get('size')} (truncated or replaced)"
-        elif file_sha256(p) != entry.get("sha256"):
-            files[name] = "sha256 does not match the manifest (modified after export)"
-        else:
-            files[name] = "ok"
+    files = file_status(folder, manifest)
     return {"passed": all(v == "ok" for v in files.values()), "files": files}
 
 
