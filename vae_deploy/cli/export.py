@@ -1,0 +1,81 @@
+"""`vae-deploy export`: checkpoint or user module to an export folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vae_deploy.cli.options import (
+    formats_option,
+    friendly_errors,
+    model_source,
+    precisions_option,
+    user_model_options,
+)
+
+
+@click.command()
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@user_model_options
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True)
+@click.option("--format", "formats", default="onnx,torchscript", show_default=True, callback=formats_option,
+              help="Comma-separated: onnx, torchscript.")
+@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True)
+@click.option("--precision", "precisions", default="fp32", show_default=True, callback=precisions_option,
+              help="Comma-separated ONNX variants to write: fp32 (always), fp32-fast (exact CPU rewrite), "
+                   "int8, fp16 (for GPUs). E.g. fp32,fp32-fast,int8.")
+@click.option("--int8-method", type=click.Choice(["auto", "dynamic", "static"]), default="auto", show_default=True,
+              help="auto: static (calibrated) for convolutional graphs, dynamic otherwise.")
+@click.option("--strict", is_flag=True,
+              help="Fail (writing nothing) if a requested variant fails its parity check, instead of dropping it.")
+@click.option("--no-verify", is_flag=True, help="Skip the post-export parity check against the eager model.")
+@friendly_errors
+def export(checkpoint: Path | None, model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
+           latent_dim: int | None, likelihood: str | None, out: Path, formats: tuple[str, ...], opset: int,
+           precisions: tuple[str, ...], int8_method: str, strict: bool, no_verify: bool) -> None:
+    """Export a checkpoint's (or your own VAE's) encoder and decoder (ONNX, TorchScript) with a manifest.
+
+    \b
+    vae-deploy export runs/ckpt.pt --out export/
+    vae-deploy export runs/ckpt.pt --precision fp32,fp32-fast,int8
+    vae-deploy export --model my_vae:build --weights vae.pt --input-shape 784 --out export/
+    """
+    from vae_deploy.exporters import export as run_export
+    from vae_deploy.exporters.fp16 import CPU_NOTE
+
+    if checkpoint is None and model_target is None:
+        raise click.UsageError("give a CHECKPOINT, or --model package.module:factory --weights state_dict.pt")
+    source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood)
+    result = run_export(source, out, formats=formats, opset=opset, verify=not no_verify,
+                        precisions=precisions, int8_method=int8_method, strict=strict)
+    click.echo(export_table(result.manifest))
+    for v in result.variants:
+        if v.status == "dropped":
+            click.echo(f"dropped {v.precision}: {v.reason}", err=True)
+        elif v.status == "not applicable":
+            click.echo(f"skipped {v.precision}: {v.reason}", err=True)
+        for note in v.notes:
+            click.echo(f"note ({v.precision}): {note}", err=True)
+    if any(v.precision == "fp16" and v.status == "written" for v in result.variants):
+        click.echo(f"note: {CPU_NOTE}", err=True)
+    click.echo(f"wrote {result.out_dir}/ in {result.seconds:.1f} s")
+
+
+def export_table(manifest: dict[str, Any]) -> str:
+    """file, size, and the parity measured at export (per backend that reads the file)."""
+    parity = manifest.get("parity") or {}
+    backends = parity.get("backends", {})
+    rows = [f"{'file':<24} {'size':>10}  {'precision':<9} parity vs eager (max abs error; test -ELBO rel diff)"]
+    for name, e in manifest["files"].items():
+        key = "torchscript" if e["format"] == "torchscript" else "onnxruntime-cpu"
+        if e.get("precision", "fp32") != "fp32":
+            key = f"{key}-{e['precision']}"
+        b = backends.get(key)
+        verdict = "not verified" if b is None else f"{'PASS' if b['passed'] else 'FAIL'} ({b['max_abs_error']:.1e}"
+        if b is not None:
+            elbo = b.get("elbo_rel_diff")
+            verdict += f"; {elbo:.1e})" if elbo is not None else ")"
+        rows.append(f"{name:<24} {e['size']:>10,d}  {e.get('precision', 'fp32'):<9} {verdict}")
+    return "\n".join(rows)

@@ -1,0 +1,98 @@
+"""Shared click options and callbacks: one parser per kind of argument, one error style."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vae_deploy.errors import VaeDeployError
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected errors into one ``Error:`` line and exit status 1, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except VaeDeployError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+    if not out or any(v < 1 for v in out):
+        raise click.BadParameter(f"expected positive integers, got {value!r}")
+    return out
+
+
+def formats_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from vae_deploy.exporters import FORMATS
+
+    out = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in out if v not in FORMATS]
+    if bad or not out:
+        raise click.BadParameter(f"expected a comma-separated subset of {','.join(FORMATS)}, got {value!r}")
+    return out
+
+
+def user_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--model/--weights/--input-shape: export or verify your own VAE (see export/README.md)."""
+    options = [
+        click.option("--model", "model_target", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                     help="Your own VAE: a factory importable from the current folder that builds the module."),
+        click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="With --model: a state dict file (torch.save(model.state_dict(), path))."),
+        click.option("--input-shape", callback=ints, default=None,
+                     help="With --model: per-example input shape, e.g. 3,32,32 or 784 (default: inferred)."),
+        click.option("--latent-dim", type=click.IntRange(min=1), default=None,
+                     help="With --model: passed to the factory as latent_dim= when it takes one; checked "
+                          "against the latent's first axis."),
+        click.option("--likelihood", type=click.Choice(["unknown", "gaussian", "bernoulli"]), default=None,
+                     help="With --model: what decode's output means (default: unknown)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def model_source(checkpoint: Path | None, model_target: str | None, weights: Path | None,
+            input_shape: tuple[int, ...] | None, latent_dim: int | None, likelihood: str | None,
+            *, checkpoint_flag: str = "CHECKPOINT") -> Any:
+    """The thing to export or verify: a checkpoint path, or the user's module as an Exportable."""
+    if model_target is None:
+        extra = [n for n, v in (("--weights", weights), ("--input-shape", input_shape), ("--latent-dim", latent_dim),
+                                ("--likelihood", likelihood)) if v is not None]
+        if extra:
+            raise click.UsageError(f"{', '.join(extra)} only apply with --model")
+        return checkpoint
+    if checkpoint is not None:
+        raise click.UsageError(f"give either {checkpoint_flag} or --model/--weights, not both")
+    if weights is None:
+        raise click.UsageError("--model needs --weights (a state dict file)")
+    from vae_deploy.adapters.user_code import user_exportable
+
+    return user_exportable(model_target, weights, input_shape=input_shape, latent_dim=latent_dim,
+                           likelihood=likelihood)
+
+
+def precisions_option(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    from vae_deploy.errors import ExportError
+    from vae_deploy.exporters.variants import parse_precisions
+
+    try:
+        return parse_precisions(value)
+    except ExportError as e:
+        raise click.BadParameter(str(e)) from None
+

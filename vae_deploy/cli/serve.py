@@ -1,0 +1,64 @@
+"""`vae-deploy triton-repo` and `vae-deploy serve`: Triton."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vae_deploy.cli.options import friendly_errors
+
+
+@click.command("triton-repo")
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"),
+              show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances per device (instance_group count).")
+@click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
+@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Dynamic batching: longest a request waits for others to join its batch.")
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone.")
+@friendly_errors
+def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kind: str, max_delay_us: int,
+                no_dynamic_batching: bool) -> None:
+    """Write a Triton model repository (ONNX Runtime encoder/decoder, Python sampler)."""
+    from vae_deploy.triton import write_triton_repo
+
+    repo = write_triton_repo(export_dir, out, max_batch=max_batch, instances=instances, kind=kind,
+                             max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
+    for config in sorted(repo.glob("*/config.pbtxt")):
+        click.echo(f"  {config.parent.name:<12} {config}")
+    click.echo(f"model repository: {repo}\nrun it: tritonserver --model-repository {repo.resolve()}")
+
+
+@click.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (for comparison).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@friendly_errors
+def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
+          max_delay_us: int, no_dynamic_batching: bool, provider: str) -> None:
+    """Serve encode, decode and sample on Triton (PyTriton) until Ctrl-C."""
+    from vae_deploy.serve import ServeOptions
+    from vae_deploy.serve import serve as run_server
+
+    options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
+                           max_batch=max_batch, max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
+
+    def ready(server: Any) -> None:
+        batching = "off" if no_dynamic_batching else f"on, max delay {max_delay_us} us"
+        click.echo(f"serving vae_encoder, vae_decoder, vae_sampler on {server.runtime.provider}: http {server.http_url}, "
+                   f"grpc {server.grpc_url} (dynamic batching {batching}, max batch {max_batch})\n"
+                   f"Triton log: {server.log_file}\nCtrl-C to stop", err=True)
+
+    run_server(export_dir, options, provider=provider, on_ready=ready)
+    click.echo("stopped", err=True)
