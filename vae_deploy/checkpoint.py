@@ -12,9 +12,7 @@ refused with a clear error before anything in it executes.
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 
 from vae_deploy.artifacts import file_sha256  # noqa: F401 - part of this module's API
 from vae_deploy.errors import CheckpointError, ConfigError
+from vae_deploy.files import atomic_write_bytes
 from vae_deploy.model import VAE, VAEConfig
 
 FORMAT_NAME = "vae-deploy-checkpoint"
@@ -62,19 +61,6 @@ def library_versions() -> dict[str, str]:
         "onnxruntime": onnxruntime.__version__,
         "numpy": numpy.__version__,
     }
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

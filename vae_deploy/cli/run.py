@@ -42,7 +42,7 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, precision:
 @click.option("--seed", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG: inputs (top rows) over reconstructions.")
+              help="PNG: the inputs (captioned 'input') above their reconstructions.")
 @friendly_errors
 def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool, seed: int | None,
                 out: Path | None, grid: Path | None) -> None:
@@ -50,7 +50,7 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool,
     import numpy as np
 
     from vae_deploy.data import load_array_file
-    from vae_deploy.images import save_grid, save_npy
+    from vae_deploy.images import save_labelled_grid, save_npy
     from vae_deploy.runtime import Runtime
 
     rt = Runtime.load(export_dir, provider=provider)
@@ -64,4 +64,5 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool,
         click.echo(f"reconstructions: {save_npy(out, x_hat)}")
     if grid:
         k = min(len(x), 16)
-        click.echo(f"grid: {save_grid(grid, np.concatenate([x[:k], x_hat[:k]]), cols=k)}")
+        sections = [(f"input (first {k})", x[:k]), ("reconstruction", x_hat[:k])]
+        click.echo(f"grid: {save_labelled_grid(grid, sections, cols=k)}")
