@@ -9,6 +9,7 @@ dynamic height and width). Each model is exported once per module and reused.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 
@@ -147,7 +148,7 @@ def test_small_models_export_and_verify(small_export):
     # verify again from the in-memory module, at other batch sizes and another example input
     result = vae_deploy.verify(model, out, example_input=_seeded(2, *input_shape, seed=1), batch_sizes=(2, 7))
     assert result["passed"], vae_deploy.verify.format_verification(result)
-    assert set(_max_abs(result)) == {"torchscript", "onnxruntime-cpu"}
+    assert set(_max_abs(result)) == {"torchscript", "ort-cpu"}
     assert max(_max_abs(result).values()) <= FP32_ATOL
 
 
@@ -192,7 +193,7 @@ def test_autoencoder_kl_manifest_and_graphs(akl_export):
     assert m["config"]["decode"] == "module.decode(z).sample"
     # 32x32 parity measured at export, ONNX and TorchScript
     parity = manifest["parity"]
-    assert parity["passed"] and set(parity["backends"]) == {"onnxruntime-cpu", "torchscript"}
+    assert parity["passed"] and set(parity["backends"]) == {"ort-cpu", "torchscript"}
     assert parity["max_abs_error"] <= AKL_ATOL
     enc, dec = onnx.load(str(out / "encoder.onnx")), onnx.load(str(out / "decoder.onnx"))
 
@@ -294,8 +295,9 @@ def test_cli_exports_a_user_module(user_project):
     assert "PASS" in res.output
     manifest = json.loads((root / "exp" / "manifest.json").read_text())
     assert manifest["model"]["latent_shape"] == [5] and manifest["model"]["likelihood"] == "gaussian"
-    assert manifest["source"]["path"] == "weights.pt"
-    assert manifest["parity"]["backends"]["onnxruntime-cpu"]["elbo_rel_diff"] is not None  # gaussian: ELBO checked
+    assert manifest["source"]["path"] == str(root / "weights.pt")  # absolute: resolves from anywhere
+    assert manifest["model"]["config"]["factory"] == "my_vae_pkg:build"
+    assert manifest["parity"]["backends"]["ort-cpu"]["elbo_rel_diff"] is not None  # gaussian: ELBO checked
     x = _seeded(4, 12).numpy()
     with torch.no_grad():
         expected = model.decode(model.encode(torch.from_numpy(x))[0]).numpy()
@@ -305,9 +307,17 @@ def test_cli_exports_a_user_module(user_project):
                                     "--input-shape", "12", "--latent-dim", "5", "--likelihood", "gaussian",
                                     "--batch-sizes", "1,3"])
     assert res.exit_code == 0, res.output
-    # without --model, verify explains that a user module's export needs it
+    # without --model, verify uses the factory and weights the manifest records, from any folder
+    (root / "elsewhere").mkdir()
+    os.chdir(root / "elsewhere")
+    res = CliRunner().invoke(main, ["verify", "../exp", "--batch-sizes", "1,3"])
+    assert res.exit_code == 0, res.output
+    assert "against eager (my_vae_pkg:build with " in res.output and "RESULT: PASS" in res.output
+    # once the weights are gone, it explains that it needs --model
+    os.chdir(root)
+    (root / "weights.pt").rename(root / "moved.pt")
     res = CliRunner().invoke(main, ["verify", "exp"])
-    assert res.exit_code == 1 and "--model package.module:factory" in res.output
+    assert res.exit_code == 1 and "no longer resolve" in res.output and "--model package.module:factory" in res.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -120,7 +120,7 @@ def test_manifest_checksums_match_files(exports, family):
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
     parity = manifest["parity"]
     assert parity["passed"] and parity["max_abs_error"] <= 1e-5
-    assert set(parity["backends"]) == {"onnxruntime-cpu", "torchscript"}
+    assert set(parity["backends"]) == {"ort-cpu", "torchscript"}
     load_manifest(folder)  # verifies
 
 

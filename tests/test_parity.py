@@ -41,7 +41,7 @@ def eagers(tiny_ckpts):
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 257], ids=lambda b: f"bs{b}")
-@pytest.mark.parametrize("backend", ["onnx-cpu", "torchscript"])
+@pytest.mark.parametrize("backend", ["ort-cpu", "torchscript"])
 @pytest.mark.parametrize("family", ["mlp", "conv"])
 def test_parity_matrix(exports, eagers, digits, family, backend, batch_size):
     report = compare_backends(eagers[family], _backend(backend, exports[family]), digits.test,
@@ -57,7 +57,7 @@ def test_parity_matrix(exports, eagers, digits, family, backend, batch_size):
 
 @pytest.mark.parametrize("family", ["mlp", "conv"])
 def test_edge_inputs_and_elbo(exports, eagers, digits, family):
-    report = compare_backends(eagers[family], _backend("onnx-cpu", exports[family]), digits.test, batch_sizes=(7,))
+    report = compare_backends(eagers[family], _backend("ort-cpu", exports[family]), digits.test, batch_sizes=(7,))
     inputs = {c["input"] for c in report["cases"]}
     assert {"zeros", "ones", "+4sigma", "-4sigma", "real", "normal"} <= inputs
     assert report["elbo"]["passed"] and report["elbo"]["rel_diff"] <= 1e-4
@@ -83,7 +83,7 @@ def test_compare_arrays_statistics():
 def test_verify_passes_and_cli_json(tmp_path, exports, tiny_ckpts):
     res = CliRunner().invoke(main, ["verify", str(exports["conv"]), "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
-    assert "RESULT: PASS" in res.output and "onnxruntime-cpu vs eager" in res.output
+    assert "RESULT: PASS" in res.output and "ort-cpu vs eager" in res.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["passed"] and report["reference"]["sha256"] == file_sha256(tiny_ckpts["conv"])
 
@@ -143,7 +143,7 @@ def test_catches_weights_altered_without_checksum_update(tmp_path, exports):
     res = _verify_cli(folder)
     assert res.exit_code == 1
     assert "decoder.onnx: sha256 does not match the manifest (modified after export)" in res.output
-    assert "onnxruntime-cpu vs eager" in res.output and "FAIL" in res.output  # and how far off it is
+    assert "ort-cpu vs eager" in res.output and "FAIL" in res.output  # and how far off it is
 
 
 def test_catches_weights_altered_with_checksum_updated(tmp_path, exports):
@@ -151,7 +151,7 @@ def test_catches_weights_altered_with_checksum_updated(tmp_path, exports):
     _alter_weights(folder, update_checksum=True)
     report = verify_export(folder, batch_sizes=(1, 7))
     assert report["integrity"]["passed"]  # the checksums were forged...
-    onnx_report = next(r for r in report["reports"] if r["candidate"] == "onnxruntime-cpu")
+    onnx_report = next(r for r in report["reports"] if r["candidate"] == "ort-cpu")
     assert not onnx_report["summary"]["passed"]  # ...but the numbers give it away
     assert any(c.startswith("decoder/") for c in onnx_report["summary"]["failed"])
     assert not report["passed"]

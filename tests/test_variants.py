@@ -186,7 +186,7 @@ def test_export_writes_verified_variants_and_runtime_loads_them(tmp_path):
         assert all(v.type.tensor_type.elem_type == TensorProto.FLOAT for v in [*m.graph.input, *m.graph.output])
         assert {p.key: p.value for p in m.metadata_props}["vae_deploy.precision"] == entry["precision"]
     backends = manifest["parity"]["backends"]
-    assert backends["onnxruntime-cpu-fp32-fast"]["max_abs_error"] <= 1e-5 and manifest["parity"]["passed"]
+    assert backends["ort-cpu-fp32-fast"]["max_abs_error"] <= 1e-5 and manifest["parity"]["passed"]
     for precision in ("int8", "fp16"):
         digest = manifest["variants"][precision]["parity"]
         assert digest["passed"] and digest["elbo_rel_diff"] <= 5e-3 and "candidate_recon_mae" in digest

@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vae_deploy.verify_report import VerifyResult
 
 
 def verify(
@@ -19,9 +22,10 @@ def verify(
     likelihood: str | None = None,
     dynamic_spatial: bool | None = None,
     **options: Any,
-) -> dict[str, Any]:
-    """Integrity, contract and parity of ``export_dir`` against ``model`` (eager); returns the
-    :func:`vae_deploy.verify.verify_export` result dict (``result["passed"]``).
+) -> VerifyResult:
+    """Integrity, contract and parity of ``export_dir`` against ``model`` (eager); returns a
+    :class:`~vae_deploy.verify_report.VerifyResult`: ``print(result)`` shows the report,
+    ``result.passed`` the verdict, ``result.to_dict()`` the JSON (``result["passed"]`` works too).
 
     ``model=None`` (or a checkpoint path) verifies against the checkpoint the manifest records.
     With a dynamic-size export, ``example_input`` picks the size checked (e.g. 48x48 images

@@ -39,6 +39,13 @@ class Backend:
         self._rng = np.random.default_rng()
         self._rng_lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        """e.g. ``<Runtime ort-cpu fp32: x [?, 1, 8, 8] -> z [?, 8], bernoulli, max_batch 1024>``."""
+        precision = getattr(self, "precision", None)
+        return (f"<{type(self).__name__} {self.name}{f' {precision}' if precision else ''}: "
+                f"x {_fmt((-1, *self.input_shape))} -> z {_fmt((-1, *self.latent_shape))}, "
+                f"{self.spec.likelihood}, max_batch {self.max_batch}>")
+
     # --- what subclasses provide: one chunk of at most max_batch, validated float32 -------
     def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

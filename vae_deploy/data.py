@@ -23,10 +23,11 @@ BUILTIN = ("digits",)
 class DataSpec:
     """Where the data came from and how it was split; JSON-able."""
 
-    name: str  # "digits" or a file path
+    name: str  # "digits" or a file path, as the user gave it
     seed: int = 0
     test_fraction: float = 0.2
     sha256: str | None = None  # of a user file, to notice when it changed
+    path: str | None = None  # a user file's absolute path: resolves from any working folder
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,13 +149,25 @@ def load_dataset(
         arr = load_array_file(path, bernoulli=bernoulli)
         sha = _sha256(path)
     train, test = split(arr, seed, test_fraction)
-    return Dataset(train, test, DataSpec(name=name, seed=seed, test_fraction=test_fraction, sha256=sha))
+    where = None if name in BUILTIN else str(Path(name).resolve())
+    return Dataset(train, test, DataSpec(name=name, seed=seed, test_fraction=test_fraction, sha256=sha, path=where))
+
+
+def resolve_data_path(spec: dict[str, Any]) -> str:
+    """Where a recorded user file is now: its absolute path when it still exists there, else
+    the name as given (relative to the working folder, as in checkpoints written before the
+    absolute path was recorded)."""
+    recorded = spec.get("path")
+    if recorded and Path(recorded).is_file():
+        return recorded
+    return spec["name"]
 
 
 def dataset_from_spec(spec: dict[str, Any], *, bernoulli: bool = True) -> Dataset:
     """Rebuild the dataset a checkpoint was trained on; refuses a user file that changed."""
+    name = spec["name"] if spec["name"] in BUILTIN else resolve_data_path(spec)
     ds = load_dataset(
-        spec["name"], seed=int(spec["seed"]), test_fraction=float(spec["test_fraction"]), bernoulli=bernoulli
+        name, seed=int(spec["seed"]), test_fraction=float(spec["test_fraction"]), bernoulli=bernoulli
     )
     if spec.get("sha256") and ds.spec.sha256 != spec["sha256"]:
         raise DataError(

@@ -57,7 +57,7 @@ def variant_file(manifest: dict[str, Any], role: str, precision: str) -> str:
 class Runtime(Backend):
     """Batched sampling, encoding, decoding and reconstruction on onnxruntime."""
 
-    name = "onnxruntime"
+    name = "ort"
 
     def __init__(
         self,
@@ -86,7 +86,7 @@ class Runtime(Backend):
                          check_finite=check_finite)
         active = self.decoder_session.get_providers()[0]
         self.provider = providers.short_name(active)  # what is really running
-        self.name = f"onnxruntime-{self.provider}"
+        self.name = f"ort-{self.provider}"  # the backend naming scheme (README, "Verify")
         self._x_name = self.encoder_session.get_inputs()[0].name
         self._z_name = self.decoder_session.get_inputs()[0].name
         self._enc_out = [o.name for o in self.encoder_session.get_outputs()]
@@ -106,6 +106,8 @@ class Runtime(Backend):
             verify_files(folder, manifest, only=[enc, dec])
         rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), **kwargs)
         rt.precision = precision
+        if precision != "fp32":
+            rt.name = f"{rt.name}-{precision}"
         return rt
 
     precision = "fp32"

@@ -3,7 +3,13 @@
 Each problem is named separately so the user knows what happened: a file whose checksum no
 longer matches (modified after export), a file that does not load (truncated), graphs
 exported from a different checkpoint, a shape contract that disagrees with the model, and
-numbers that disagree with the eager model beyond tolerance.
+numbers that disagree with the reference beyond tolerance.
+
+The reference is the eager model when torch is installed (the ``export`` extra). In the lean
+install it is ``ort-cpu`` on the fp32 graphs, which the other backends and precision variants
+are compared with; the report says there is no eager reference. The encoder's inputs are
+labelled by what they really are: ``real`` only for real data (the training data's test
+split, or ``--data FILE``), ``random`` for the uniform stand-in, with a warning.
 """
 
 from __future__ import annotations
@@ -13,15 +19,31 @@ import types
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vae_deploy.artifacts import file_status, load_manifest
+import numpy as np
+
+from vae_deploy.artifacts import (
+    META_PREFIX,
+    ExportSpec,
+    file_status,
+    load_manifest,
+    parse_shape,
+    spec_from_manifest,
+)
 from vae_deploy.errors import ArtifactError
-from vae_deploy.exporters.spec import META_PREFIX, Exportable, parse_shape
-from vae_deploy.parity import DEFAULT_TOLERANCES, compare_backends, format_report
+from vae_deploy.extras import available
+from vae_deploy.parity import DEFAULT_TOLERANCES, compare_backends
+from vae_deploy.verify_report import VerifyResult, format_verification  # noqa: F401 - part of the API
+
+if TYPE_CHECKING:
+    from vae_deploy.backends import Backend
+    from vae_deploy.exporters.spec import Exportable
 
 SCHEMA = "vae-deploy-verify/1"
 DEFAULT_BATCH_SIZES = (1, 7, 64, 257)
+NO_EAGER = ("torch is not installed, so there is no eager reference: backends and precision variants are "
+            "compared with ort-cpu on the fp32 graphs (install vae-deploy[export] to check against eager)")
 
 
 def check_integrity(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -73,16 +95,23 @@ def check_contract(folder: Path, manifest: dict[str, Any], reference: Exportable
 
 
 def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> tuple[Exportable, str]:
+    """The eager model the manifest records: its checkpoint, or the ``--model`` factory and
+    weights an own-model export was made from, when they still resolve."""
     from vae_deploy.adapters import from_checkpoint
     from vae_deploy.checkpoint import load_checkpoint
 
-    adapter = (manifest["model"].get("config") or {}).get("adapter")
+    config = manifest["model"].get("config") or {}
+    adapter = config.get("adapter")
     if adapter and checkpoint is None:
+        recorded = _recorded_user_model(manifest)
+        if recorded is not None:
+            return recorded
         raise ArtifactError(
-            f"this export came from your own module (adapter {adapter!r}, class "
-            f"{manifest['model']['config'].get('class')}); there is no checkpoint to rebuild it from: verify it with "
-            "vae_deploy.verify(module, export_dir, example_input=x), or `vae-deploy verify DIR --model "
-            "package.module:factory --weights state_dict.pt`"
+            f"this export came from your own module (adapter {adapter!r}, class {config.get('class')}); "
+            + (f"its factory {config['factory']!r} or weights {manifest.get('source', {}).get('path')!r} no longer "
+               "resolve: " if config.get("factory") else "the manifest records no factory to rebuild it from: ")
+            + "verify it with vae_deploy.verify(module, export_dir, example_input=x), or `vae-deploy verify DIR "
+            "--model package.module:factory --weights state_dict.pt`"
         )
     path = checkpoint or manifest.get("source", {}).get("path")
     if not path:
@@ -92,40 +121,134 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     return from_checkpoint(load_checkpoint(path)), str(path)
 
 
-def _candidates(folder: Path, manifest: dict[str, Any], spec, wanted: Sequence[str] | None):
-    """(label, precision, factory) for every backend the export supports here."""
-    from vae_deploy.backends import TorchBackend
+def _recorded_user_model(manifest: dict[str, Any]) -> tuple[Exportable, str] | None:
+    """Rebuild a ``--model`` export's module from the factory and weights the manifest records."""
+    config = manifest["model"].get("config") or {}
+    factory, weights = config.get("factory"), manifest.get("source", {}).get("path")
+    if not factory or not weights or not Path(weights).is_file():
+        return None
+    from vae_deploy.adapters.user_code import user_exportable
+
+    folder = config.get("factory_dir")
+    if folder and folder not in sys.path:
+        sys.path.insert(0, folder)
+    model = manifest["model"]
+    shape = tuple(model.get("example_input_shape") or model["input_shape"])
+    try:
+        exp = user_exportable(factory, weights, input_shape=shape, likelihood=model.get("likelihood"),
+                              latent_dim=config.get("factory_latent_dim"))
+    except Exception:  # the factory moved or changed: fall back to asking for --model
+        return None
+    return exp, f"{factory} with {weights}"
+
+
+def load_inputs(spec: ExportSpec, data: str | Path | None = None, example_x: Any = None,
+                n: int = 256) -> tuple[np.ndarray, str, str, str | None]:
+    """(inputs, label, description, warning) for the encoder cases.
+
+    ``--data FILE`` first, then the training data the checkpoint records (resolved from its
+    absolute path), then the examples given to ``vae_deploy.verify``; otherwise seeded uniform
+    [0, 1) inputs labelled ``random``, with a warning: they exercise the graphs, not accuracy."""
+    from vae_deploy.data import dataset_from_spec, load_array_file
+
+    bernoulli = spec.likelihood == "bernoulli"
+    shape = tuple(d if d > 0 else 16 for d in spec.concrete_input_shape)
+    if data is not None:
+        x = load_array_file(data, bernoulli=bernoulli)
+        if x.shape[1:] != shape and x.ndim == 2 and x.shape[1] == int(np.prod(shape)):
+            x = x.reshape(-1, *shape)
+        if x.shape[1:] != shape and -1 not in spec.input_shape:
+            raise ArtifactError(f"--data {str(data)!r} holds examples of shape {list(x.shape[1:])}; the export "
+                                f"takes {list(spec.input_shape)}")
+        return x, "real", f"{len(x)} examples from {str(data)!r} (--data)", None
+    problem = None
+    if spec.data_spec:
+        s = spec.data_spec
+        try:
+            ds = dataset_from_spec(s, bernoulli=bernoulli)
+            return ds.test, "real", f"test split of {s['name']!r} (seed {s['seed']}, fraction {s['test_fraction']})", None
+        except ModuleNotFoundError as e:
+            from vae_deploy.extras import extra_for
+
+            extra = extra_for(e.name or "", "train")
+            problem = (f"the training data {s['name']!r} needs {e.name}, which is not installed here"
+                       + (f" (pip install 'vae-deploy[{extra}]')" if extra else ""))
+        except Exception as e:  # the data may be gone on this machine: fall through, but say so loudly
+            problem = f"the training data {s.get('path') or s['name']!r} was not found or changed ({e})"
+    rng = np.random.default_rng(0)
+    # a foreign model's example input (images the user gave); ours have the data spec instead
+    if spec.adapter and example_x is not None and hasattr(example_x, "detach") \
+            and example_x.ndim == len(spec.input_shape) + 1:
+        given = example_x.detach().to("cpu").float().numpy()[:8]
+        extra = rng.random((max(0, 8 - len(given)), *given.shape[1:]), dtype=np.float32)
+        return (np.concatenate([given, extra]), "example",
+                f"the {len(given)} example inputs given, then seeded uniform [0, 1) inputs", problem)
+    warning = (problem or "no real data is recorded for this export") + (
+        ": the encoder is checked on uniform [0, 1) random inputs (rows labelled 'random'), which exercise the "
+        "graphs but say nothing about accuracy on real data; pass --data FILE (.npy/.npz) to check real examples")
+    return rng.random((n, *shape), dtype=np.float32), "random", "uniform [0, 1) random inputs, seed 0", warning
+
+
+def backend_names(manifest: dict[str, Any], *, torch_ok: bool, eager: bool) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """[(name, precision)] to check and {name: why not} for the ones this machine cannot run."""
     from vae_deploy.providers import provider_works
-    from vae_deploy.runtime import Runtime
 
     files = manifest.get("files", {})
-    out = []
+    out: list[tuple[str, str]] = []
+    skipped: dict[str, str] = {}
     if "encoder.ts" in files and "decoder.ts" in files:
-        def ts() -> TorchBackend:
-            import torch
-
-            return TorchBackend(torch.jit.load(str(folder / "encoder.ts")), torch.jit.load(str(folder / "decoder.ts")),
-                                spec, name="torchscript")
-        out.append(("torchscript", "fp32", ts))
+        if torch_ok:
+            out.append(("torchscript", "fp32"))
+        else:
+            skipped["torchscript"] = "needs torch: pip install 'vae-deploy[export]'"
     precisions = sorted({e.get("precision", "fp32") for e in files.values() if e.get("format") == "onnx"},
                         key=lambda p: (p != "fp32", p))
-    providers = ["cpu"] + (["cuda"] if provider_works("cuda") else [])
-    for prov in providers:
+    for prov in ["cpu"] + (["cuda"] if provider_works("cuda") else []):
         for prec in precisions:
-            label = f"onnx-{prov}" + ("" if prec == "fp32" else f"-{prec}")
+            name = f"ort-{prov}" + ("" if prec == "fp32" else f"-{prec}")
+            if not eager and name == "ort-cpu":
+                continue  # the reference itself
+            out.append((name, prec))
+    return out, skipped
 
-            def rt(prov=prov, prec=prec) -> Runtime:
-                r = Runtime.load(folder, provider=prov, precision=prec, verify_checksums=False)
-                r.name = f"onnxruntime-{prov}" + ("" if prec == "fp32" else f"-{prec}")
-                return r
-            out.append((label, prec, rt))
-    if wanted:
-        known = [c[0] for c in out]
-        unknown = [w for w in wanted if w not in known]
-        if unknown:
-            raise ArtifactError(f"unknown or unavailable backend(s) {unknown}; this export offers {known}")
-        out = [c for c in out if c[0] in wanted]
-    return out
+
+def _open(folder: Path, name: str, precision: str, spec: ExportSpec) -> Backend:
+    if name == "torchscript":
+        import torch
+
+        from vae_deploy.backends import TorchBackend
+
+        return TorchBackend(torch.jit.load(str(folder / "encoder.ts")), torch.jit.load(str(folder / "decoder.ts")),
+                            spec, name="torchscript")
+    from vae_deploy.runtime import Runtime
+
+    provider = name.split("-")[1]
+    return Runtime.load(folder, provider=provider, precision=precision, verify_checksums=False)
+
+
+def check_runs(backend: Backend, x_data: np.ndarray, batch_sizes: Sequence[int]) -> dict[str, Any]:
+    """What can be checked with one backend and no reference: every standard case runs and
+    gives finite outputs of the contract's shapes. Not parity: the report says so."""
+    from vae_deploy.parity import _run, concrete_latent_shape, make_cases
+
+    latent = concrete_latent_shape(backend, x_data)
+    cases = make_cases(x_data, latent, batch_sizes)
+    problems = []
+    for case in cases:
+        try:
+            outputs = _run(backend, case)
+        except Exception as e:
+            problems.append(f"{case.name}: {type(e).__name__}: {e}")
+            continue
+        for name, out in outputs.items():
+            want = (case.batch_size, *(latent if name in ("mu", "logvar") else case.data.shape[1:]))
+            if case.graph == "decoder" and name == "x_hat":
+                want = (case.batch_size, *x_data.shape[1:])
+            if tuple(out.shape) != want:
+                problems.append(f"{case.name}:{name}: shape {list(out.shape)}, expected {list(want)}")
+            elif not np.isfinite(out).all():
+                problems.append(f"{case.name}:{name}: {int((~np.isfinite(out)).sum())} NaN/Inf values")
+    return {"backend": backend.name, "n_cases": len(cases), "problems": problems, "passed": not problems}
 
 
 def verify_export(
@@ -137,66 +260,81 @@ def verify_export(
     atol: float | None = None,
     rtol: float | None = None,
     backends: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Integrity + contract + parity of every backend against the eager reference."""
-    from vae_deploy.backends import TorchBackend
-    from vae_deploy.exporters import verification_data
-
+    data: str | Path | None = None,
+) -> VerifyResult:
+    """Integrity + contract + parity of every backend against the eager reference (or, without
+    torch, against ``ort-cpu`` fp32). ``data``: a .npy/.npz of real examples for the encoder."""
     folder = Path(export_dir)
     manifest = load_manifest(folder, verify=False)
-    if reference is None:
+    torch_ok = available("torch")
+    warnings: list[str] = []
+    if reference is None and torch_ok:
         reference, ref_path = _reference_from(manifest, checkpoint)
+    elif reference is None:
+        if checkpoint is not None:
+            from vae_deploy.extras import missing_extra
+
+            raise missing_extra("torch", "verify")  # type: ignore[misc]
+        ref_path = ""
+        warnings.append(NO_EAGER)
     else:
         ref_path = reference.spec.source_path or "<in-memory model>"
+    spec = reference.spec if reference is not None else spec_from_manifest(manifest)
     integrity = check_integrity(folder, manifest)
     contract = check_contract(folder, manifest, reference)
-    eager = TorchBackend(reference.encoder, reference.decoder, reference.spec, name="eager")
-    x_data, described = verification_data(reference.spec, reference.example_x)
+    x_data, label, described, data_warning = load_inputs(
+        spec, data, None if reference is None else reference.example_x)
+    if data_warning:
+        warnings.append(data_warning)
+    names, skipped = backend_names(manifest, torch_ok=torch_ok, eager=reference is not None)
+    if backends:
+        known = [n for n, _ in names]
+        unknown = [b for b in backends if b not in known]
+        if unknown:
+            raise ArtifactError(f"unknown or unavailable backend(s) {', '.join(unknown)}; this export offers "
+                                f"{', '.join(known) or 'none here'}" + (f" (not here: {', '.join(skipped)})" if skipped else ""))
+        names = [(n, p) for n, p in names if n in backends]
+        skipped = {}
+    if reference is not None:
+        from vae_deploy.backends import TorchBackend
+
+        ref_backend: Backend = TorchBackend(reference.encoder, reference.decoder, reference.spec, name="eager")
+    else:
+        ref_backend = _open(folder, "ort-cpu", "fp32", spec)
     reports = []
-    for label, precision, factory in _candidates(folder, manifest, reference.spec, backends):
+    for name, precision in names:
         tol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
-        if precision == "fp32" and reference.fp32_tolerance is not None:
+        if precision == "fp32" and reference is not None and reference.fp32_tolerance is not None:
             tol = reference.fp32_tolerance
         if atol is not None or rtol is not None:
             tol = replace(tol, atol=tol.atol if atol is None else atol, rtol=tol.rtol if rtol is None else rtol)
         try:
-            cand = factory()
+            cand = _open(folder, name, precision, spec)
         except Exception as e:
-            reports.append({"candidate": label, "precision": precision, "error": f"cannot load: {e}",
+            reports.append({"candidate": name, "precision": precision, "error": f"cannot load: {e}",
                             "summary": {"passed": False, "max_abs_error": None, "failed": ["load"]}})
             continue
-        reports.append(compare_backends(eager, cand, x_data, batch_sizes=batch_sizes, tolerance=tol,
-                                        precision=precision, data_description=described))
-    passed = integrity["passed"] and contract["passed"] and bool(reports) and all(
-        r["summary"]["passed"] for r in reports)
-    return {
+        reports.append(compare_backends(ref_backend, cand, x_data, batch_sizes=batch_sizes, tolerance=tol,
+                                        precision=precision, data_description=described, data_label=label))
+    run_check = None
+    if reference is None and not names:
+        run_check = check_runs(ref_backend, x_data, batch_sizes)
+    passed = integrity["passed"] and contract["passed"] and (bool(reports) or bool(run_check and run_check["passed"])) \
+        and all(r["summary"]["passed"] for r in reports)
+    return VerifyResult({
         "schema": SCHEMA,
         "export_dir": str(folder),
-        "reference": {"path": ref_path, "sha256": reference.spec.source_sha256},
+        "reference": {"backend": ref_backend.name, "path": ref_path,
+                      "sha256": reference.spec.source_sha256 if reference is not None else None},
+        "data": {"label": label, "description": described},
+        "warnings": warnings,
         "integrity": integrity,
         "contract": contract,
+        "skipped": skipped,
         "reports": reports,
+        "run_check": run_check,
         "passed": passed,
-    }
-
-
-def format_verification(result: dict[str, Any], verbose: bool = False) -> str:
-    lines = [f"verifying {result['export_dir']} against {result['reference']['path']}"]
-    integ = result["integrity"]
-    lines.append(f"integrity: {'PASS' if integ['passed'] else 'FAIL'}")
-    for name, status in integ["files"].items():
-        if status != "ok" or verbose:
-            lines.append(f"  {name}: {status}")
-    con = result["contract"]
-    lines.append(f"contract: {'PASS' if con['passed'] else 'FAIL'}")
-    lines.extend(f"  {p}" for p in con["problems"])
-    for r in result["reports"]:
-        if "error" in r:
-            lines.append(f"{r['candidate']}: FAIL, {r['error']}")
-        else:
-            lines.append(format_report(r, verbose=verbose))
-    lines.append("RESULT: " + ("PASS" if result["passed"] else "FAIL"))
-    return "\n".join(lines)
+    })
 
 
 class _CallableModule(types.ModuleType):

@@ -136,7 +136,9 @@ def user_exportable(
     example = None
     if input_shape is not None:
         example = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
-    exp = to_exportable(module, example, likelihood=likelihood, source_path=str(weights))
+    exp = to_exportable(module, example, likelihood=likelihood, source_path=str(Path(weights).resolve()))
+    # recorded in the manifest, so `vae-deploy verify DIR` can rebuild the module without --model
+    exp.spec.config.update(factory=target, factory_dir=os.getcwd(), factory_latent_dim=latent_dim)
     got = exp.spec.latent_shape[0]
     if latent_dim is not None and got != latent_dim:
         raise ConfigError(f"--latent-dim {latent_dim}, but the module's latent is {list(exp.spec.latent_shape)} "

@@ -10,9 +10,12 @@ import click
 from vae_deploy.cli.options import (
     formats_option,
     friendly_errors,
+    json_option,
     model_source,
     precisions_option,
+    to_stdout,
     user_model_options,
+    write_json,
 )
 
 
@@ -31,10 +34,12 @@ from vae_deploy.cli.options import (
 @click.option("--strict", is_flag=True,
               help="Fail (writing nothing) if a requested variant fails its parity check, instead of dropping it.")
 @click.option("--no-verify", is_flag=True, help="Skip the post-export parity check against the eager model.")
+@json_option
 @friendly_errors
 def export(checkpoint: Path | None, model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
            latent_dim: int | None, likelihood: str | None, out: Path, formats: tuple[str, ...], opset: int,
-           precisions: tuple[str, ...], int8_method: str, strict: bool, no_verify: bool) -> None:
+           precisions: tuple[str, ...], int8_method: str, strict: bool, no_verify: bool,
+           json_path: Path | None) -> None:
     """Export a checkpoint's (or your own VAE's) encoder and decoder (ONNX, TorchScript) with a manifest.
 
     \b
@@ -50,7 +55,7 @@ def export(checkpoint: Path | None, model_target: str | None, weights: Path | No
     source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood)
     result = run_export(source, out, formats=formats, opset=opset, verify=not no_verify,
                         precisions=precisions, int8_method=int8_method, strict=strict)
-    click.echo(export_table(result.manifest))
+    click.echo(export_table(result.manifest), err=to_stdout(json_path))
     for v in result.variants:
         if v.status == "dropped":
             click.echo(f"dropped {v.precision}: {v.reason}", err=True)
@@ -60,7 +65,10 @@ def export(checkpoint: Path | None, model_target: str | None, weights: Path | No
             click.echo(f"note ({v.precision}): {note}", err=True)
     if any(v.precision == "fp16" and v.status == "written" for v in result.variants):
         click.echo(f"note: {CPU_NOTE}", err=True)
-    click.echo(f"wrote {result.out_dir}/ in {result.seconds:.1f} s")
+    click.echo(f"wrote {result.out_dir}/ in {result.seconds:.1f} s", err=to_stdout(json_path))
+    write_json(json_path, {"out_dir": str(result.out_dir), "seconds": result.seconds,
+                           "variants": {v.precision: {"status": v.status, "reason": v.reason} for v in result.variants},
+                           "manifest": result.manifest})
 
 
 def export_table(manifest: dict[str, Any]) -> str:
@@ -69,10 +77,11 @@ def export_table(manifest: dict[str, Any]) -> str:
     backends = parity.get("backends", {})
     rows = [f"{'file':<24} {'size':>10}  {'precision':<9} parity vs eager (max abs error; test -ELBO rel diff)"]
     for name, e in manifest["files"].items():
-        key = "torchscript" if e["format"] == "torchscript" else "onnxruntime-cpu"
+        key = "torchscript" if e["format"] == "torchscript" else "ort-cpu"
         if e.get("precision", "fp32") != "fp32":
             key = f"{key}-{e['precision']}"
-        b = backends.get(key)
+        # exports written before the one naming scheme called ort-cpu "onnxruntime-cpu"
+        b = backends.get(key) or backends.get(key.replace("ort-", "onnxruntime-", 1))
         verdict = "not verified" if b is None else f"{'PASS' if b['passed'] else 'FAIL'} ({b['max_abs_error']:.1e}"
         if b is not None:
             elbo = b.get("elbo_rel_diff")

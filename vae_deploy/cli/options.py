@@ -13,7 +13,8 @@ from vae_deploy.errors import VaeDeployError
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected errors into one ``Error:`` line and exit status 1, not a traceback."""
+    """Turn expected errors into one ``Error:`` line and exit status 1, not a traceback; a
+    package missing from the lean install names the extra that provides it."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -21,8 +22,44 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except VaeDeployError as e:
             raise click.ClickException(str(e)) from None
+        except ModuleNotFoundError as e:
+            from vae_deploy.extras import missing_extra
+
+            ctx = click.get_current_context(silent=True)
+            err = missing_extra(e.name or "", ctx.info_name if ctx else None)
+            if err is None:
+                raise
+            raise click.ClickException(str(err)) from None
 
     return wrapper
+
+
+def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json PATH``: the machine-readable result; ``--json -`` writes it to standard output."""
+    return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+                        default=None, help="Write the result as JSON to PATH ('-': standard output).")(fn)
+
+
+def write_json(path: Path | None, obj: Any) -> None:
+    """Write ``obj`` for ``--json``: to stdout for ``-`` (then the text report went to stderr),
+    else atomically to the file, and say where."""
+    if path is None:
+        return
+    import json
+
+    text = json.dumps(obj, indent=2, default=str) + "\n"
+    if str(path) == "-":
+        click.echo(text, nl=False)
+        return
+    from vae_deploy.files import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+    click.echo(f"report: {path}", err=True)
+
+
+def to_stdout(path: Path | None) -> bool:
+    """True when ``--json -`` claims standard output: human-readable text goes to stderr."""
+    return path is not None and str(path) == "-"
 
 
 def ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import friendly_errors, ints
+from vae_deploy.cli.options import friendly_errors, ints, json_option, to_stdout, write_json
 
 
 @click.command()
@@ -25,11 +25,12 @@ from vae_deploy.cli.options import friendly_errors, ints
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("runs/ckpt.pt"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@json_option
 @friendly_errors
 def train(
     data: str, family: str, latent_dim: int, hidden: tuple[int, ...] | None, likelihood: str, epochs: int,
     batch_size: int, lr: float, beta: float, kl_warmup: int, seed: int, test_fraction: float, out: Path,
-    quiet: bool,
+    quiet: bool, json_path: Path | None,
 ) -> None:
     """Train a VAE and write a safe, self-describing checkpoint."""
     from vae_deploy.checkpoint import save_checkpoint
@@ -52,18 +53,27 @@ def train(
     result = run_training(cfg, ds, tcfg, progress=not quiet)
     path = save_checkpoint(out, result.model, checkpoint_meta(ds, tcfg, result))
     m = result.metrics
+    err = to_stdout(json_path)
     click.echo(
         f"test negative ELBO {m['test_nelbo']:.3f} nats/example "
-        f"(reconstruction {m['test_recon']:.3f} + KL {m['test_kl']:.3f}), trained in {m['train_seconds']:.1f} s"
+        f"(reconstruction {m['test_recon']:.3f} + KL {m['test_kl']:.3f}), trained in {m['train_seconds']:.1f} s",
+        err=err,
     )
-    click.echo(f"checkpoint: {path}")
+    click.echo(f"checkpoint: {path}", err=err)
+    write_json(json_path, {"checkpoint": str(path), "config": cfg.to_dict(), "metrics": m})
 
 
 @click.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
+@json_option
 @friendly_errors
-def info(path: Path) -> None:
+def info(path: Path, json_path: Path | None) -> None:
     """Describe a checkpoint (or an export folder)."""
+    if path.is_dir() and json_path is not None:
+        from vae_deploy.artifacts import load_manifest
+
+        write_json(json_path, load_manifest(path, verify=True))  # checksums checked, as in the text
+        return
     if path.is_dir():
         from vae_deploy.exporters.manifest import describe_export
 
@@ -72,5 +82,9 @@ def info(path: Path) -> None:
     from vae_deploy.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    click.echo(json.dumps({"config": ckpt.config.to_dict(), "meta": ckpt.meta, "sha256": ckpt.sha256}, indent=2))
+    described = {"config": ckpt.config.to_dict(), "meta": ckpt.meta, "sha256": ckpt.sha256}
+    if json_path is not None:
+        write_json(json_path, described)
+        return
+    click.echo(json.dumps(described, indent=2))
 

@@ -2,45 +2,57 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import ints, model_source, user_model_options
-from vae_deploy.errors import VaeDeployError
+from vae_deploy.cli.options import (
+    friendly_errors,
+    ints,
+    json_option,
+    model_source,
+    to_stdout,
+    user_model_options,
+    write_json,
+)
 
 
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference checkpoint (default: the one recorded in the manifest).")
+@click.option("--data", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A .npy/.npz of real examples for the encoder (default: the training data the checkpoint "
+                   "records, when it is found).")
 @click.option("--batch-sizes", callback=ints, default="1,7,64,257", show_default=True)
 @click.option("--atol", type=float, default=None, help="Override the precision's absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Override the precision's relative tolerance.")
-@click.option("--backends", default=None, help="Comma-separated subset, e.g. onnx-cpu,torchscript.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-@click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes and failures.")
+@click.option("--backends", default=None,
+              help="Comma-separated subset, e.g. ort-cpu,torchscript,ort-cpu-int8 (names as in the report).")
+@json_option
+@click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes, failures and worst case.")
 @user_model_options
-def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ...], atol: float | None,
-           rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool,
+@friendly_errors
+def verify(export_dir: Path, checkpoint: Path | None, data: Path | None, batch_sizes: tuple[int, ...],
+           atol: float | None, rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool,
            model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
            latent_dim: int | None, likelihood: str | None) -> None:
-    """Check integrity and parity (eager vs TorchScript vs ONNX); exit 1 on any failure."""
-    from vae_deploy.verify import format_verification, verify_export
+    """Check integrity and parity (eager vs TorchScript vs ONNX Runtime); exit 1 on any failure.
 
-    try:
-        source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood,
-                         checkpoint_flag="--checkpoint")
-        reference = None if model_target is None else source
-        result = verify_export(export_dir, checkpoint=checkpoint, reference=reference, batch_sizes=batch_sizes,
-                               atol=atol, rtol=rtol, backends=backends.split(",") if backends else None)
-    except VaeDeployError as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(format_verification(result, verbose=verbose))
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        click.echo(f"report: {json_path}")
-    if not result["passed"]:
+    Without torch (the lean install) the reference is ort-cpu on the fp32 graphs, and the
+    report says so.
+    """
+    from vae_deploy.verify import verify_export
+
+    if data is not None and not data.is_file():
+        raise click.BadParameter(f"expected a .npy/.npz file, got {str(data)!r} (not a file)", param_hint="--data")
+    source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood,
+                          checkpoint_flag="--checkpoint")
+    reference = None if model_target is None else source
+    wanted = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
+    result = verify_export(export_dir, checkpoint=checkpoint, reference=reference, batch_sizes=batch_sizes,
+                           atol=atol, rtol=rtol, backends=wanted, data=data)
+    click.echo(result.format(verbose=verbose), err=to_stdout(json_path))
+    write_json(json_path, result.to_dict())
+    if not result.passed:
         raise SystemExit(1)

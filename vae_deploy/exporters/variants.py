@@ -194,7 +194,7 @@ def verify_variant(
         from vae_deploy.runtime import Runtime
 
         rt = Runtime(folder / fs.get("encoder", "encoder.onnx"), folder / fs["decoder"], exp.spec, provider="cpu")
-        rt.name = f"onnxruntime-cpu-{precision}"
+        rt.name = f"ort-cpu-{precision}"
         rt.precision = precision
         return compare_backends(eager, rt, x_data, batch_sizes=batch_sizes, precision=precision,
                                 data_description=described)
