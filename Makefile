@@ -7,17 +7,20 @@ STAMP   := $(VENV)/.installed
 # torch 2.13.0 CPU build lies on this machine's disk; installing it first keeps pip from
 # resolving `torch<2.14` to a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Quiet installs: no progress bars, no pip upgrade notice, no build-backend chatter.
+PIP     := $(PYTHON) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-all lint bench clean cpp
+.PHONY: install demo test test-all test-lean lint bench clean cpp
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
-	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "$(TORCH_SPEC)"
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PIP) install --upgrade pip
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[dev]"
 	touch $(STAMP)
+	@echo "installed into $(VENV): run . $(BIN)/activate (or $(BIN)/vae-deploy)"
 
 demo: install
 	$(BIN)/vae-deploy train --out runs/demo/ckpt.pt
@@ -31,6 +34,11 @@ test: install
 
 test-all: install
 	$(PYTHON) -m pytest -q
+
+# The lean install (runtime dependencies only, no torch) runs sample and verify: about a minute,
+# a fresh venv filled from pip's cache (tests/test_lean_install.py).
+test-lean: install
+	$(PYTHON) -m pytest -q tests/test_lean_install.py
 
 lint: install
 	$(BIN)/ruff check vae_deploy tests bench

@@ -8,9 +8,10 @@ import sys
 import click
 
 from vae_deploy.cli import bench, export, run, serve, train, verify
+from vae_deploy.cli.options import FriendlyGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=FriendlyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="vae-deploy")
 def main() -> None:
     """Train a VAE, export its encoder and decoder, and run, verify and measure them."""

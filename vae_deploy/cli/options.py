@@ -12,6 +12,28 @@ import click
 from vae_deploy.errors import VaeDeployError
 
 
+def extra_error(e: ModuleNotFoundError, command: str | None) -> click.ClickException | None:
+    """The one-line error for a package missing from the lean install (None: not an optional one)."""
+    from vae_deploy.extras import missing_extra
+
+    err = missing_extra(e.name or "", command)
+    return None if err is None else click.ClickException(str(err))
+
+
+class FriendlyGroup(click.Group):
+    """The ``vae-deploy`` group: a missing optional package anywhere in a command (its option
+    callbacks included) becomes one line naming the extra to install, exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            err = extra_error(e, ctx.invoked_subcommand)
+            if err is None:
+                raise
+            raise err from None
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected errors into one ``Error:`` line and exit status 1, not a traceback; a
     package missing from the lean install names the extra that provides it."""
@@ -23,13 +45,11 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except VaeDeployError as e:
             raise click.ClickException(str(e)) from None
         except ModuleNotFoundError as e:
-            from vae_deploy.extras import missing_extra
-
             ctx = click.get_current_context(silent=True)
-            err = missing_extra(e.name or "", ctx.info_name if ctx else None)
+            err = extra_error(e, ctx.info_name if ctx else None)
             if err is None:
                 raise
-            raise click.ClickException(str(err)) from None
+            raise err from None
 
     return wrapper
 

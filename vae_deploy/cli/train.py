@@ -75,7 +75,7 @@ def info(path: Path, json_path: Path | None) -> None:
         write_json(json_path, load_manifest(path, verify=True))  # checksums checked, as in the text
         return
     if path.is_dir():
-        from vae_deploy.exporters.manifest import describe_export
+        from vae_deploy.describe import describe_export
 
         click.echo(describe_export(path))
         return
