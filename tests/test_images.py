@@ -45,3 +45,26 @@ def test_written_files_respect_the_umask(tmp_path):
         assert stat.S_IMODE(q.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_reconstruct_and_sample_grids_from_the_cli(exports, digits, tmp_path):
+    from click.testing import CliRunner
+
+    from vae_deploy.cli import main
+
+    np.save(tmp_path / "x.npy", digits.test[:20])
+    res = CliRunner().invoke(main, ["reconstruct", str(exports["mlp"]), str(tmp_path / "x.npy"),
+                                    "--grid", str(tmp_path / "r.png")])
+    assert res.exit_code == 0, res.output
+    img = Image.open(tmp_path / "r.png")
+    body = MIN_TILE + 2 * 2  # one row of 16 upscaled tiles per section
+    assert img.size == (16 * (MIN_TILE + 2) + 2, 2 * (CAPTION_H + body) + SEPARATOR_H)  # was 145x19
+    res = CliRunner().invoke(main, ["sample", str(exports["mlp"]), "-n", "64", "--grid", str(tmp_path / "s.png")])
+    assert res.exit_code == 0 and Image.open(tmp_path / "s.png").size == (8 * (MIN_TILE + 2) + 2,) * 2  # was 219
+    assert stat.S_IMODE((tmp_path / "s.png").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    from vae_deploy.files import current_umask
+
+    return current_umask()

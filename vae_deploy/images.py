@@ -21,7 +21,8 @@ MIN_TILE = 64  # pixels: an 8x8 digit becomes 64x64
 PAD = 2
 CAPTION_H = 16
 SEPARATOR_H = 3
-BACKGROUND = 32
+BACKGROUND = 32  # caption strips
+GAP = 96  # the lines between tiles: visible against black and white images
 SEPARATOR = 160
 
 
@@ -62,7 +63,7 @@ def grid_image(x: np.ndarray, cols: int | None = None, pad: int = PAD, scale: in
     h, w = h * scale, w * scale
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), BACKGROUND, np.uint8)
+    canvas = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), GAP, np.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
         canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + k * (w + pad): pad + k * (w + pad) + w] = imgs[i]
