@@ -15,6 +15,10 @@ build="${BUILD_DIR:-$here/build}"
 for tool in cmake c++; do
     command -v "$tool" >/dev/null || { echo "build.sh: error: '$tool' not found (apt-get install cmake g++)" >&2; exit 1; }
 done
+# PNG grids need zlib's header (a cross build brings the target's: CMake finds it in the sysroot)
+if [[ -z "${CMAKE_ARGS:-}" ]] && ! printf '#include <zlib.h>\n' | c++ -E -x c++ - >/dev/null 2>&1; then
+    echo "build.sh: error: zlib.h not found (apt-get install zlib1g-dev)" >&2; exit 1
+fi
 
 root="${ONNXRUNTIME_ROOT:-}"
 if [[ -z "$root" ]]; then

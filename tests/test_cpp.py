@@ -184,19 +184,23 @@ def test_latents_follow_the_documented_generator(vae_sample, cpp_exports, tmp_pa
 # --- output formats ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "magic", "channels"), [("conv", b"P5", 1), ("spatial", b"P6", 3)])
-def test_image_grid(vae_sample, cpp_exports, family, magic, channels, tmp_path):
-    grid = tmp_path / "grid.pnm"
+@pytest.mark.parametrize(("family", "mode", "channels"), [("conv", "L", 1), ("spatial", "RGB", 3)])
+def test_image_grid(vae_sample, cpp_exports, family, mode, channels, tmp_path):
+    from PIL import Image
+
+    grid = tmp_path / "grid.png"
     run_cpp(
         vae_sample, "--model", cpp_exports[family], "--n", 10, "--out", tmp_path / "x.npy", "--grid", grid
     )
-    data = grid.read_bytes()
-    # 10 images of 8x8: 4 columns and 3 rows of 8 pixels, with 1-pixel lines between and around
-    header = magic + b"\n37 28\n255\n"
-    assert data.startswith(header) and len(data) == len(header) + 37 * 28 * channels
-    pixels = np.frombuffer(data[len(header) :], np.uint8).reshape(28, 37, channels)
+    assert grid.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")  # a PNG any viewer opens
+    img = Image.open(grid)
+    # 10 images of 8x8, each upscaled 8x to 64x64 (nearest neighbour): 4 columns and 3 rows,
+    # with 1-pixel lines between and around
+    assert img.mode == mode and img.size == (4 * 65 + 1, 3 * 65 + 1)
+    pixels = np.asarray(img).reshape(3 * 65 + 1, 4 * 65 + 1, channels)
     x = np.load(tmp_path / "x.npy")
-    np.testing.assert_array_equal(pixels[1:9, 1:9].transpose(2, 0, 1), np.rint(x[0] * 255).astype(np.uint8))
+    want = np.rint(np.clip(x[0], 0, 1) * 255).astype(np.uint8).repeat(8, 1).repeat(8, 2)
+    np.testing.assert_array_equal(pixels[1:65, 1:65].transpose(2, 0, 1), want)
 
 
 def test_npy_output_is_plain_float32(vae_sample, cpp_exports, tmp_path):
@@ -270,7 +274,7 @@ def test_hand_built_decoder_runs(vae_sample, input_shape, tmp_path):
     # the baseline that the broken variants below depart from; metadata axes that are not
     # positive sizes are dynamic (the exporter writes -1) and accept the graph's sizes
     model = tiny_decoder(tmp_path / "ok", meta={"input_shape": input_shape})
-    run_cpp(vae_sample, "--model", model, "--n", 2, "--out", tmp_path / "x.npy", "--grid", tmp_path / "x.pgm")
+    run_cpp(vae_sample, "--model", model, "--n", 2, "--out", tmp_path / "x.npy", "--grid", tmp_path / "x.png")
     assert np.load(tmp_path / "x.npy").shape == (2, 1, 2, 2)
 
 
@@ -364,7 +368,7 @@ def test_usage_errors(vae_sample, args, message):
 
 def test_grid_needs_an_image_model(vae_sample, tmp_path):
     model = tiny_decoder(tmp_path / "flat", x_shape=(4,))
-    r = run_cpp(vae_sample, "--model", model, "--grid", tmp_path / "g.pgm", ok=False)
+    r = run_cpp(vae_sample, "--model", model, "--grid", tmp_path / "g.png", ok=False)
     assert r.returncode == 1 and "--grid needs an image model" in r.stderr, r.stderr
 
 
@@ -387,9 +391,9 @@ def test_no_definite_leaks_under_valgrind(vae_sample, cpp_exports, tmp_path):
         "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--error-exitcode=99",
         str(vae_sample), "--model", str(cpp_exports["conv"]), "--x-file", str(tmp_path / "x.npy"),
         "--out", str(tmp_path / "mu.npy"), "--recon-out", str(tmp_path / "r.npy"),
-        "--grid", str(tmp_path / "r.pgm"), "--threads", "1",
+        "--grid", str(tmp_path / "r.png"), "--threads", "1",
     ]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert "definitely lost: 0 bytes" in r.stderr or "no leaks are possible" in r.stderr, r.stderr[-4000:]
-    assert (tmp_path / "r.pgm").is_file()
+    assert (tmp_path / "r.png").is_file()

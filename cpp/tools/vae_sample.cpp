@@ -37,7 +37,7 @@ options
   --save-z FILE.npy    sample mode: also write the latents that were decoded
   --logvar-out FILE    --x-file mode: write logvar
   --recon-out FILE     --x-file mode: write decode(mu)
-  --grid FILE          write x_hat (or the reconstruction) as a PGM (C=1) / PPM (C=3) grid
+  --grid FILE          write x_hat (or the reconstruction) as a PNG grid (small images upscaled)
   --threads T          intra-op threads of each session (default 0: ONNX Runtime decides)
   --repeat R           time R more runs of the mode's work after --warmup W (default 3)
                        and print the median batch latency and samples/s
