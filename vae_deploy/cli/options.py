@@ -57,7 +57,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--json PATH``: the machine-readable result; ``--json -`` writes it to standard output."""
     return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-                        default=None, help="Write the result as JSON to PATH ('-': standard output).")(fn)
+                        default=None, metavar="PATH",
+                        help="Write the result as JSON to PATH ('-': standard output).")(fn)
 
 
 def write_json(path: Path | None, obj: Any) -> None:
