@@ -115,7 +115,8 @@ class RayPool:
             kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
             if self.address:
                 kw["address"] = self.address
-            else:
+            else:  # "local": a new cluster even when one started by `ray start` runs here
+                kw["address"] = "local"
                 kw["num_cpus"] = max(1, int(self.workers * self.cpus + 0.999))
             try:
                 ray.init(**kw)
