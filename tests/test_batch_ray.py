@@ -173,3 +173,35 @@ def test_a_killed_driver_resumes_with_an_identical_result(ray_local, exports, x_
     _every_row_once(out, 2000)
     for f in sorted(ref.glob("shard-*")):
         assert f.read_bytes() == (out / f.name).read_bytes(), f.name
+
+
+def test_joins_a_cluster_started_with_ray_start(exports, x_file, tmp_path):
+    """The multi-machine recipe on one machine: `ray start --head`, then --ray-address HOST:PORT
+    (with Ray's token authentication on, as a real cluster has it)."""
+    import socket
+    import uuid
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(_env(), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false",
+                             "--disable-usage-stats"], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        res = subprocess.run([sys.executable, "-m", "vae_deploy", "batch", "encode", str(exports["mlp"]), str(x_file),
+                              "--out", str(tmp_path / "out"), "--shard-rows", "500", "--workers", "2",
+                              "--ray-address", f"127.0.0.1:{port}", "--json"],
+                             env=env, capture_output=True, text=True, timeout=55)
+    finally:
+        head.terminate()  # `ray start --block` stops the node's processes on SIGTERM
+        try:
+            head.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_session(head)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["workers"] == 2
+    mu, _ = Runtime.load(exports["mlp"]).encode(np.load(x_file))
+    np.testing.assert_array_equal(read_outputs(tmp_path / "out")["mu"], mu)

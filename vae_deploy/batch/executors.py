@@ -91,7 +91,8 @@ class RayPool:
     here); a worker that dies is replaced and its shards are queued again."""
 
     def __init__(self, export_dir: Path, runtime_options: dict[str, Any], *, workers: int, cpus_per_worker: float,
-                 address: str | None, max_attempts: int = 3, inflight_per_worker: int = 2) -> None:
+                 address: str | None, gpus_per_worker: float = 0.0, max_attempts: int = 3,
+                 inflight_per_worker: int = 2) -> None:
         try:
             import ray
         except ImportError:
@@ -102,6 +103,7 @@ class RayPool:
         self.options.setdefault("threads", max(1, int(cpus_per_worker)))
         self.workers = workers
         self.cpus = cpus_per_worker
+        self.gpus = gpus_per_worker
         self.address = address
         self.max_attempts = max_attempts
         self.inflight_per_worker = inflight_per_worker
@@ -124,11 +126,14 @@ class RayPool:
                 where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray cluster"
                 raise BatchError(f"could not start or join {where}: {e}") from None
             self.owns_ray = True
-        have = float(ray.cluster_resources().get("CPU", 0))
-        if have < self.workers * self.cpus:
-            raise BatchError(f"the Ray cluster has {have:g} CPUs; --workers {self.workers} x --cpus-per-worker "
-                             f"{self.cpus:g} needs {self.workers * self.cpus:g}")
-        self._actor_cls = ray.remote(num_cpus=self.cpus, max_restarts=0, max_task_retries=0)(BatchWorker)
+        resources = ray.cluster_resources()
+        for key, per, flag in (("CPU", self.cpus, "--cpus-per-worker"), ("GPU", self.gpus, "--gpus-per-worker")):
+            have = float(resources.get(key, 0))
+            if have < self.workers * per:  # fail now rather than wait forever for actors that cannot fit
+                raise BatchError(f"the Ray cluster has {have:g} {key}s; --workers {self.workers} x {flag} "
+                                 f"{per:g} needs {self.workers * per:g}")
+        self._actor_cls = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0,
+                                     max_task_retries=0)(BatchWorker)
         self.actors = [self._new_actor() for _ in range(self.workers)]
         self.generation = [0] * self.workers
         infos = ray.get([a.info.remote() for a in self.actors])

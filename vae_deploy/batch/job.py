@@ -66,6 +66,7 @@ def run_batch(
     workers: int = 1,
     ray_address: str | None = None,
     cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
     fmt: str = "npy",
     runtime_options: dict[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
@@ -149,7 +150,8 @@ def run_batch(
     if not todo:
         stats = RunStats(workers=0)
     elif use_ray:
-        pool = RayPool(export_dir, options, workers=workers, cpus_per_worker=cpus_per_worker, address=ray_address)
+        pool = RayPool(export_dir, options, workers=workers, cpus_per_worker=cpus_per_worker,
+                       gpus_per_worker=gpus_per_worker, address=ray_address)
         try:
             pool.start()
             t0 = time.perf_counter()  # rows/s counts compute, not cluster start-up

@@ -100,7 +100,7 @@ class OutputFolder:
 
     # --- opening: new, or resuming the same job -------------------------------------------
     def open(self) -> None:
-        """Create the folder, or check that it holds this job and keep its verified shards."""
+        """Check that an existing folder holds this job and keep its verified shards."""
         if self.path.exists() and not self.path.is_dir():
             raise BatchError(f"--out {str(self.path)!r} is a file; expected a folder for the shards")
         if self.manifest_path.is_file():
@@ -108,10 +108,10 @@ class OutputFolder:
         elif self.path.is_dir() and any(self.path.iterdir()):
             raise BatchError(f"--out {str(self.path)!r} is not empty and holds no {MANIFEST}: expected a new "
                              "folder or one a previous batch job wrote; nothing was changed")
-        self.path.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.glob(".shard-*.tmp"):  # a crash mid-write leaves these
-            stale.unlink(missing_ok=True)
-        self._save(complete=False)
+        if self.path.is_dir():
+            for stale in self.path.glob(".shard-*.tmp"):  # a crash mid-write leaves these
+                stale.unlink(missing_ok=True)
+        # A new folder is created with the first shard: a job that fails to start leaves nothing.
 
     def _load_existing(self) -> None:
         try:
@@ -146,6 +146,7 @@ class OutputFolder:
         for name, a in arrays.items():
             if a.shape[0] != shard.rows:
                 raise BatchError(f"shard {shard.index}: output {name!r} has {a.shape[0]} rows, expected {shard.rows}")
+        self.path.mkdir(parents=True, exist_ok=True)
         if self.fmt == "npy":
             blobs = {name: (f"{shard.stem}.{name}.npy", encode_npy(a)) for name, a in arrays.items()}
         else:
@@ -176,6 +177,7 @@ class OutputFolder:
         }
         if summary is not None:
             doc["summary"] = summary
+        self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.manifest_path, (json.dumps(doc, indent=1) + "\n").encode())
 
 

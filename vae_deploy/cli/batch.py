@@ -46,6 +46,8 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="Join this Ray cluster (default with --workers > 1: start a local one)."),
         click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
                      help="Ray CPUs reserved per worker; also its onnxruntime threads unless --threads."),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Ray GPUs reserved per worker (e.g. 1 with --provider cuda; 0.5 shares a GPU)."),
         click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default=None,
                      help="onnxruntime execution provider (default: the Runtime's, auto)."),
         click.option("--precision", default=None, help="Export precision variant (default fp32)."),
@@ -62,17 +64,15 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _run(task: str, export_dir: Path, *, fmt: str, shard_rows: int, batch_size: int, workers: int,
-         ray_address: str | None, cpus_per_worker: float, provider: str | None, precision: str | None,
-         engine: str | None, threads: int | None, runtime_extra: dict[str, Any], as_json: bool, shard_delay: float,
-         out: Path, **kw: Any) -> None:
+def _run(task: str, export_dir: Path, *, provider: str | None, precision: str | None, engine: str | None,
+         threads: int | None, runtime_extra: dict[str, Any], as_json: bool, shard_delay: float, **kw: Any) -> None:
+    """Runtime options are gathered into one dict for Runtime.load; the rest go to run_batch as named."""
     from vae_deploy.batch import run_batch
 
     opts = {**runtime_extra, "provider": provider, "precision": precision, "engine": engine, "threads": threads}
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices (a worker died, ...) stay off stdout
-        summary = run_batch(task, export_dir, out, fmt=fmt, shard_rows=shard_rows, batch_size=batch_size,
-                            workers=workers, ray_address=ray_address, cpus_per_worker=cpus_per_worker,
-                            runtime_options=opts, progress=_progress_printer(), shard_delay_s=shard_delay, **kw)
+        summary = run_batch(task, export_dir, runtime_options=opts, progress=_progress_printer(),
+                            shard_delay_s=shard_delay, **kw)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=1))
         return
