@@ -188,3 +188,19 @@ def test_cli_summary_and_one_line_errors(exports, x_file, tmp_path, monkeypatch)
                                     "--workers", "2"])
     assert res.exit_code == 1 and "pip install 'vae-deploy[ray]'" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists()
+
+
+def test_batch_workers_need_no_torch(exports, x_file, tmp_path):
+    """What a Ray worker (or the in-process path) imports stays on the runtime side: no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from vae_deploy.batch import run_batch\n"
+        f"run_batch('encode', {str(exports['mlp'])!r}, {str(tmp_path / 'o')!r}, input_path={str(x_file)!r})\n"
+        "bad = [m for m in ('torch', 'sklearn', 'ray') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
