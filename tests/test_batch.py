@@ -85,11 +85,13 @@ def test_crash_midway_then_rerun_resumes_with_identical_output(exports, x_file, 
     with pytest.raises(BatchError, match="not finished"):
         read_outputs(tmp_path / "out")
     (tmp_path / "out" / ".shard-00002.mu.npy.abc.tmp").write_bytes(b"half")  # a write cut short
+    with (tmp_path / "out" / "shards.jsonl").open("a") as f:
+        f.write('{"index": 2, "start": 100, "sto')  # and a journal line torn by the crash
     first = (tmp_path / "out" / "shard-00000.mu.npy").stat().st_mtime_ns
     s = run_batch("encode", exports["mlp"], tmp_path / "out", input_path=x_file, shard_rows=50)
     assert (s.shards_resumed, s.rows_computed, s.rows) == (2, 150, 250)
     assert (tmp_path / "out" / "shard-00000.mu.npy").stat().st_mtime_ns == first  # not recomputed
-    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert not list((tmp_path / "out").glob(".*.tmp")) and not (tmp_path / "out" / "shards.jsonl").exists()
     for f in sorted((tmp_path / "clean").glob("shard-*")):
         assert f.read_bytes() == (tmp_path / "out" / f.name).read_bytes()
 

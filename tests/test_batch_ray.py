@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import vae_deploy
-from vae_deploy.batch import read_outputs, run_batch
+from vae_deploy.batch import read_outputs, recorded_shards, run_batch
 from vae_deploy.cli import main
 from vae_deploy.runtime import Runtime
 
@@ -65,24 +65,21 @@ def _manifest(out: Path) -> dict:
 
 
 def _every_row_once(out: Path, n: int) -> None:
-    shards = _manifest(out)["shards"]
+    shards = recorded_shards(out)
     rows = np.concatenate([np.arange(e["start"], e["stop"]) for e in shards])
     assert np.array_equal(rows, np.arange(n))  # sorted by index, no gap, no repeat
 
 
-def _start_job(args: list[str], out: Path, *, min_shards: int) -> tuple[subprocess.Popen, dict]:
+def _start_job(args: list[str], out: Path, *, min_shards: int) -> tuple[subprocess.Popen, list[dict]]:
     """The CLI in its own session; returns once ``min_shards`` shards are recorded."""
     proc = subprocess.Popen([sys.executable, "-m", "vae_deploy", "batch", *args, "--out", str(out)],
                             env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 50
     while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            m = _manifest(out)
-            if len(m["shards"]) >= min_shards:
-                return proc, m
-        except (OSError, ValueError):
-            pass
+        shards = recorded_shards(out)
+        if len(shards) >= min_shards:
+            return proc, shards
         time.sleep(0.05)
     _kill_session(proc)
     out_text, err = proc.communicate()
@@ -130,9 +127,9 @@ def test_a_killed_worker_loses_and_duplicates_no_row(exports, x_file, tmp_path):
     out = tmp_path / "out"
     args = ["encode", str(exports["mlp"]), str(x_file), "--shard-rows", "200", "--workers", "2",
             "--shard-delay", "0.4", "--json"]
-    proc, m = _start_job(args, out, min_shards=1)
+    proc, shards = _start_job(args, out, min_shards=1)
     try:
-        victim = int(m["shards"][0]["worker"].split("@")[0])
+        victim = int(shards[0]["worker"].split("@")[0])
         os.kill(victim, signal.SIGKILL)  # a worker process dies mid-job
         stdout, stderr = proc.communicate(timeout=55)
     finally:
@@ -158,10 +155,10 @@ def test_a_killed_driver_resumes_with_an_identical_result(ray_local, exports, x_
     os.kill(proc.pid, signal.SIGKILL)  # the driver dies mid-job
     proc.wait(timeout=10)
     _kill_session(proc)  # and what it had started with it
-    before = _manifest(out)
-    done = {e["index"] for e in before["shards"]}
-    assert not before["complete"] and 2 <= len(done) < 10
-    stamps = {e["index"]: (out / e["files"]["mu"]["path"]).stat().st_mtime_ns for e in before["shards"]}
+    before = recorded_shards(out)
+    done = {e["index"] for e in before}
+    assert not _manifest(out)["complete"] and 2 <= len(done) < 10
+    stamps = {e["index"]: (out / e["files"]["mu"]["path"]).stat().st_mtime_ns for e in before}
 
     res = CliRunner().invoke(main, ["batch", *args[:-2], "--out", str(out), "--json"])  # rerun, same options
     assert res.exit_code == 0, res.output

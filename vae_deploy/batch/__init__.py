@@ -8,8 +8,8 @@ Ray is optional (``pip install 'vae-deploy[ray]'``) and imported only when a job
 from __future__ import annotations
 
 from vae_deploy.batch.job import BatchSummary, Progress, run_batch
-from vae_deploy.batch.output import BatchError, read_outputs
+from vae_deploy.batch.output import BatchError, read_outputs, recorded_shards
 from vae_deploy.batch.plan import Shard, plan_shards, shard_rng
 
-__all__ = ["BatchError", "BatchSummary", "Progress", "Shard", "plan_shards", "read_outputs", "run_batch",
-           "shard_rng"]
+__all__ = ["BatchError", "BatchSummary", "Progress", "Shard", "plan_shards", "read_outputs",
+           "recorded_shards", "run_batch", "shard_rng"]

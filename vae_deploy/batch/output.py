@@ -1,9 +1,11 @@
 """The output folder: shard files written atomically, and a manifest that lists each finished
 shard (rows, files, sha256) so that a rerun resumes instead of starting over.
 
-A shard is recorded only after its files are renamed into place, and the manifest itself is
-replaced atomically, so a crash at any moment leaves either a recorded, verifiable shard or
-one that is recomputed: never a row twice, never a row missing. Shard file names come from
+A shard is recorded only after its files are renamed into place: one line appended to
+``shards.jsonl`` (constant cost per shard, however many there are), folded into
+``manifest.json`` (replaced atomically) when the job is resumed or finishes. A crash at any
+moment leaves either a recorded, verifiable shard or one that is recomputed (a torn last
+journal line is ignored): never a row twice, never a row missing. Shard file names come from
 the shard plan, so a shard computed twice (a worker died after finishing) overwrites itself
 with identical bytes.
 """
@@ -25,6 +27,7 @@ from vae_deploy.batch.plan import Shard
 from vae_deploy.errors import VaeDeployError
 
 MANIFEST = "manifest.json"
+JOURNAL = "shards.jsonl"
 FORMAT_NAME = "vae-deploy-batch"
 FORMAT_VERSION = 1
 FORMATS = ("npy", "parquet")
@@ -95,6 +98,7 @@ class OutputFolder:
         self.job = job
         self.fmt = fmt
         self.manifest_path = self.path / MANIFEST
+        self.journal_path = self.path / JOURNAL
         self.shards: dict[int, dict[str, Any]] = {}
         self.resumed: list[int] = []  # shards found written and verified at open
 
@@ -109,8 +113,9 @@ class OutputFolder:
             raise BatchError(f"--out {str(self.path)!r} is not empty and holds no {MANIFEST}: expected a new "
                              "folder or one a previous batch job wrote; nothing was changed")
         if self.path.is_dir():
-            for stale in self.path.glob(".shard-*.tmp"):  # a crash mid-write leaves these
-                stale.unlink(missing_ok=True)
+            for pattern in (".shard-*.tmp", f".{MANIFEST}.*.tmp"):  # a crash mid-write leaves these
+                for stale in self.path.glob(pattern):
+                    stale.unlink(missing_ok=True)
         # A new folder is created with the first shard: a job that fails to start leaves nothing.
 
     def _load_existing(self) -> None:
@@ -128,10 +133,11 @@ class OutputFolder:
             keys = sorted(k for k in set(old_job) | set(self.job) if old_job.get(k) != self.job.get(k))
             raise BatchError(f"--out {str(self.path)!r} holds a different job (differs in: {', '.join(keys)}); "
                              "use a new --out folder or the same options to resume; nothing was changed")
-        for entry in old.get("shards", []):
+        for entry in [*old.get("shards", []), *_journal_entries(self.journal_path)]:
             if self._verifies(entry):
                 self.shards[int(entry["index"])] = entry
         self.resumed = sorted(self.shards)
+        self._save(complete=False)  # fold the journal in: the verified shards, once each
 
     def _verifies(self, entry: dict[str, Any]) -> bool:
         for f in entry.get("files", {}).values():
@@ -155,12 +161,18 @@ class OutputFolder:
         for key, (fname, data) in blobs.items():
             atomic_write(self.path / fname, data)
             files[key] = {"path": fname, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        self.shards[shard.index] = {
+        entry = {
             "index": shard.index, "start": shard.start, "stop": shard.stop, "rows": shard.rows,
             "files": files, "shapes": {name: list(a.shape[1:]) for name, a in arrays.items()},
             "worker": worker,
         }
-        self._save(complete=False)
+        if not self.manifest_path.is_file():  # a new folder: the job's identity goes in first
+            self._save(complete=False)
+        with self.journal_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.shards[shard.index] = entry
 
     def finish(self, summary: dict[str, Any]) -> None:
         self._save(complete=True, summary=summary)
@@ -179,6 +191,35 @@ class OutputFolder:
             doc["summary"] = summary
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write(self.manifest_path, (json.dumps(doc, indent=1) + "\n").encode())
+        self.journal_path.unlink(missing_ok=True)  # everything in it is in the manifest now
+
+
+def _journal_entries(path: Path) -> list[dict[str, Any]]:
+    """Entries appended since the manifest was last written; a torn line (a crash mid-append)
+    is skipped, so its shard is recomputed."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "index" in entry:
+            out.append(entry)
+    return out
+
+
+def recorded_shards(out: str | Path) -> list[dict[str, Any]]:
+    """The shards a job (running, stopped or finished) has recorded so far, by index, without
+    checking files: for watching a job's progress from outside."""
+    folder = Path(out)
+    try:
+        doc = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    by_index = {int(e["index"]): e for e in [*doc.get("shards", []), *_journal_entries(folder / JOURNAL)]}
+    return [by_index[k] for k in sorted(by_index)]
 
 
 def read_outputs(out: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
