@@ -206,3 +206,18 @@ def test_batch_workers_need_no_torch(exports, x_file, tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_a_tampered_export_is_refused_before_a_cluster_starts(exports, x_file, tmp_path, monkeypatch):
+    import vae_deploy.batch.job as job
+    from tests.conftest import copy_export
+    from vae_deploy.errors import ArtifactError
+
+    exp = copy_export(exports["mlp"], tmp_path / "exp")
+    onnx_file = next(p for p in exp.glob("*.onnx") if "decoder" in p.name)
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
+    monkeypatch.setattr(job, "ray_available", lambda: True)
+    monkeypatch.setattr(job, "RayPool", None)  # reaching the pool would fail the test with a TypeError
+    with pytest.raises(ArtifactError, match="checksum"):
+        run_batch("encode", exp, tmp_path / "o", input_path=x_file, workers=2)
+    assert not (tmp_path / "o").exists()

@@ -90,6 +90,8 @@ def run_batch(
     manifest = load_manifest(export_dir, verify=False)
     precision = options.get("precision", "fp32")
     used = [variant_file(manifest, role, precision) for role in ("encoder", "decoder")]
+    if use_ray:  # each worker checks again when it loads; this catches a bad export before a cluster starts
+        load_manifest(export_dir, verify=True, only=used)
     spec = spec_from_manifest(manifest)
 
     source: InputSource | None = None
