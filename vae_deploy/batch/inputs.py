@@ -1,0 +1,137 @@
+"""Batch inputs read by row range: a ``.npy`` (memory-mapped), a ``.npz``, a folder of ``.npy``
+shards (memory-mapped, concatenated in sorted file-name order) or a folder of images.
+
+Only the rows of one shard are read at a time for ``.npy`` inputs, so a data set larger than
+memory streams through. Rows are returned as stored (e.g. uint8); ``tasks.to_model_rows``
+turns them into float32 model inputs in the worker, so the raw (smaller) rows travel.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_deploy.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class InputSource:
+    """Rows of one or more arrays, addressed as one sequence."""
+
+    path: Path
+    kind: str  # "npy", "npz", "npy-folder", "image-folder"
+    parts: list[np.ndarray]
+    names: list[str] = field(default_factory=list)  # the files behind the parts (for the fingerprint)
+    offsets: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.offsets = [0]
+        for p in self.parts:
+            self.offsets.append(self.offsets[-1] + int(p.shape[0]))
+
+    @property
+    def n_rows(self) -> int:
+        return self.offsets[-1]
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.parts[0].shape[1:])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` as one in-memory array (copied out of any memory map)."""
+        chunks = []
+        for part, lo in zip(self.parts, self.offsets):
+            hi = lo + part.shape[0]
+            if hi <= start or lo >= stop:
+                continue
+            chunks.append(np.asarray(part[max(start, lo) - lo: min(stop, hi) - lo]))
+        if len(chunks) == 1:
+            return np.array(chunks[0], copy=True)
+        dtype = np.result_type(*chunks)
+        return np.concatenate([c.astype(dtype, copy=False) for c in chunks])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Cheap identity of the input (names, sizes, mtimes; not a hash of possibly terabytes):
+        a resumed job refuses an input that changed under it."""
+        files = []
+        for name in self.names:
+            st = (self.path / name if self.path.is_dir() else self.path).stat()
+            files.append([name, st.st_size, st.st_mtime_ns])
+        return {"path": str(self.path.resolve()), "kind": self.kind, "rows": self.n_rows,
+                "item_shape": list(self.item_shape), "files": files}
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise DataError(f"{str(path)!r} holds pickled objects or is not a numpy file: {e}") from None
+    except Exception as e:
+        raise DataError(f"{str(path)!r} could not be read as a .npy array: {e}") from None
+    return _checked(arr, str(path))
+
+
+def _load_npz(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys = list(z.keys())
+            if "x" in keys:
+                key = "x"
+            elif len(keys) == 1:
+                key = keys[0]
+            else:
+                raise DataError(f"{str(path)!r}: expected an array named 'x' or a single array, found {keys}")
+            arr = z[key]
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{str(path)!r} could not be read as a .npz archive without pickle: {e}") from None
+    return _checked(arr, str(path))
+
+
+def _checked(arr: np.ndarray, source: str) -> np.ndarray:
+    if arr.dtype.kind not in "biuf":
+        raise DataError(f"{source}: expected a numeric array, got dtype {arr.dtype}")
+    if arr.ndim < 2:
+        raise DataError(f"{source}: expected rows of examples [N, ...], got shape {list(arr.shape)}")
+    return arr
+
+
+def open_input(path: str | Path, *, item_shape: tuple[int, ...] | None = None) -> InputSource:
+    """Pick the reader by what ``path`` is; every problem is a ``DataError`` before any work.
+
+    ``item_shape`` (the export's ``[C, H, W]``) sizes the images of an image folder."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"input {str(p)!r} does not exist (expected a .npy/.npz file, a folder of .npy "
+                        "shards or a folder of images)")
+    if p.is_file():
+        if p.suffix == ".npy":
+            return InputSource(p, "npy", [_load_npy(p)], [p.name])
+        if p.suffix == ".npz":
+            return InputSource(p, "npz", [_load_npz(p)], [p.name])
+        raise DataError(f"input {str(p)!r}: expected a .npy or .npz file or a folder, got suffix {p.suffix!r}")
+    npys = sorted(f.name for f in p.iterdir() if f.suffix == ".npy" and f.is_file())
+    if npys:
+        parts = [_load_npy(p / n) for n in npys]
+        shapes = {tuple(a.shape[1:]) for a in parts}
+        if len(shapes) > 1:
+            raise DataError(f"input folder {str(p)!r}: its .npy shards disagree on the row shape "
+                            f"({sorted(list(s) for s in shapes)}); expected one shape")
+        return InputSource(p, "npy-folder", parts, npys)
+    images = sorted(os.path.relpath(os.path.join(root, f), p) for root, _, files in os.walk(p) for f in files
+                    if f.lower().endswith(IMAGE_SUFFIXES))
+    if not images:
+        raise DataError(f"input folder {str(p)!r} holds no .npy files and no images ({', '.join(IMAGE_SUFFIXES)})")
+    from vae_deploy.data import load_image_folder  # the training loader: same order, same decoding
+
+    kwargs: dict[str, Any] = {}
+    if item_shape is not None and len(item_shape) == 3 and all(d > 0 for d in item_shape):
+        kwargs = {"channels": item_shape[0], "image_size": tuple(item_shape[1:])}
+    return InputSource(p, "image-folder", [_checked(np.asarray(load_image_folder(p, **kwargs)), str(p))], images)

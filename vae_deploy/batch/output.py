@@ -1,0 +1,258 @@
+"""The output folder: shard files written atomically, and a manifest that lists each finished
+shard (rows, files, sha256) so that a rerun resumes instead of starting over.
+
+A shard is recorded only after its files are renamed into place: one line appended to
+``shards.jsonl`` (constant cost per shard, however many there are), folded into
+``manifest.json`` (replaced atomically) when the job is resumed or finishes. A crash at any
+moment leaves either a recorded, verifiable shard or one that is recomputed (a torn last
+journal line is ignored): never a row twice, never a row missing. Shard file names come from
+the shard plan, so a shard computed twice (a worker died after finishing) overwrites itself
+with identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_deploy.batch.plan import Shard
+from vae_deploy.errors import VaeDeployError
+
+MANIFEST = "manifest.json"
+JOURNAL = "shards.jsonl"
+FORMAT_NAME = "vae-deploy-batch"
+FORMAT_VERSION = 1
+FORMATS = ("npy", "parquet")
+ORDER = ("shard k holds rows [start, stop) of the job in input order (sampling: the draws seeded by "
+         "SeedSequence(seed).spawn()[k]); concatenating the shards in index order gives every row once")
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class BatchError(VaeDeployError, RuntimeError):
+    """A batch job that cannot start or continue (foreign output folder, changed job, lost workers)."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write beside ``path`` and rename into place: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; shards are ordinary files
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encode_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_parquet(shard: Shard, arrays: dict[str, np.ndarray]) -> bytes:
+    """One table per shard: the global ``row`` index and one fixed-size-list column per output
+    (flattened rows; the per-row shapes are in the schema metadata)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols = {"row": pa.array(np.arange(shard.start, shard.stop, dtype=np.int64))}
+    shapes = {}
+    for name, a in arrays.items():
+        flat = np.ascontiguousarray(a).reshape(a.shape[0], -1)
+        cols[name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+        shapes[name] = list(a.shape[1:])
+    table = pa.table(cols).replace_schema_metadata({"vae_deploy.shapes": json.dumps(shapes)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+class OutputFolder:
+    """``OUT``: shard files plus ``manifest.json``; owned by exactly one job description."""
+
+    def __init__(self, path: Path, job: dict[str, Any], fmt: str) -> None:
+        if fmt not in FORMATS:
+            raise BatchError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        self.path = Path(path)
+        self.job = job
+        self.fmt = fmt
+        self.manifest_path = self.path / MANIFEST
+        self.journal_path = self.path / JOURNAL
+        self.shards: dict[int, dict[str, Any]] = {}
+        self.resumed: list[int] = []  # shards found written and verified at open
+
+    # --- opening: new, or resuming the same job -------------------------------------------
+    def open(self) -> None:
+        """Check that an existing folder holds this job and keep its verified shards."""
+        if self.path.exists() and not self.path.is_dir():
+            raise BatchError(f"--out {str(self.path)!r} is a file; expected a folder for the shards")
+        if self.manifest_path.is_file():
+            self._load_existing()
+        elif self.path.is_dir() and any(self.path.iterdir()):
+            raise BatchError(f"--out {str(self.path)!r} is not empty and holds no {MANIFEST}: expected a new "
+                             "folder or one a previous batch job wrote; nothing was changed")
+        if self.path.is_dir():
+            for pattern in (".shard-*.tmp", f".{MANIFEST}.*.tmp"):  # a crash mid-write leaves these
+                for stale in self.path.glob(pattern):
+                    stale.unlink(missing_ok=True)
+        # A new folder is created with the first shard: a job that fails to start leaves nothing.
+
+    def _load_existing(self) -> None:
+        try:
+            old = json.loads(self.manifest_path.read_text())
+            fmt = old["format"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BatchError(f"{str(self.manifest_path)!r} is not a readable batch manifest ({e}); "
+                             "nothing was changed") from None
+        if fmt != {"name": FORMAT_NAME, "version": FORMAT_VERSION}:
+            raise BatchError(f"{str(self.manifest_path)!r} has format {fmt!r}, expected "
+                             f"{{'name': {FORMAT_NAME!r}, 'version': {FORMAT_VERSION}}}; nothing was changed")
+        old_job = old.get("job", {})
+        if old_job != self.job:
+            keys = sorted(k for k in set(old_job) | set(self.job) if old_job.get(k) != self.job.get(k))
+            raise BatchError(f"--out {str(self.path)!r} holds a different job (differs in: {', '.join(keys)}); "
+                             "use a new --out folder or the same options to resume; nothing was changed")
+        for entry in [*old.get("shards", []), *_journal_entries(self.journal_path)]:
+            if self._verifies(entry):
+                self.shards[int(entry["index"])] = entry
+        self.resumed = sorted(self.shards)
+        self._save(complete=False)  # fold the journal in: the verified shards, once each
+
+    def _verifies(self, entry: dict[str, Any]) -> bool:
+        for f in entry.get("files", {}).values():
+            p = self.path / f["path"]
+            if not p.is_file() or p.stat().st_size != f["bytes"] or _sha256_file(p) != f["sha256"]:
+                return False
+        return bool(entry.get("files"))
+
+    # --- writing -------------------------------------------------------------------------
+    def write_shard(self, shard: Shard, arrays: dict[str, np.ndarray], worker: str = "") -> None:
+        """Files first (atomically), then the manifest entry that makes the shard count."""
+        for name, a in arrays.items():
+            if a.shape[0] != shard.rows:
+                raise BatchError(f"shard {shard.index}: output {name!r} has {a.shape[0]} rows, expected {shard.rows}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.fmt == "npy":
+            blobs = {name: (f"{shard.stem}.{name}.npy", encode_npy(a)) for name, a in arrays.items()}
+        else:
+            blobs = {"table": (f"{shard.stem}.parquet", encode_parquet(shard, arrays))}
+        files = {}
+        for key, (fname, data) in blobs.items():
+            atomic_write(self.path / fname, data)
+            files[key] = {"path": fname, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        entry = {
+            "index": shard.index, "start": shard.start, "stop": shard.stop, "rows": shard.rows,
+            "files": files, "shapes": {name: list(a.shape[1:]) for name, a in arrays.items()},
+            "worker": worker,
+        }
+        if not self.manifest_path.is_file():  # a new folder: the job's identity goes in first
+            self._save(complete=False)
+        with self.journal_path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.shards[shard.index] = entry
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        self._save(complete=True, summary=summary)
+
+    def _save(self, complete: bool, summary: dict[str, Any] | None = None) -> None:
+        doc = {
+            "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
+            "job": self.job,
+            "order": ORDER,
+            "complete": complete,
+            "rows_written": sum(e["rows"] for e in self.shards.values()),
+            "shards": [self.shards[k] for k in sorted(self.shards)],
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if summary is not None:
+            doc["summary"] = summary
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.manifest_path, (json.dumps(doc, indent=1) + "\n").encode())
+        self.journal_path.unlink(missing_ok=True)  # everything in it is in the manifest now
+
+
+def _journal_entries(path: Path) -> list[dict[str, Any]]:
+    """Entries appended since the manifest was last written; a torn line (a crash mid-append)
+    is skipped, so its shard is recomputed."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "index" in entry:
+            out.append(entry)
+    return out
+
+
+def recorded_shards(out: str | Path) -> list[dict[str, Any]]:
+    """The shards a job (running, stopped or finished) has recorded so far, by index, without
+    checking files: for watching a job's progress from outside."""
+    folder = Path(out)
+    try:
+        doc = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    by_index = {int(e["index"]): e for e in [*doc.get("shards", []), *_journal_entries(folder / JOURNAL)]}
+    return [by_index[k] for k in sorted(by_index)]
+
+
+def read_outputs(out: str | Path, *, verify: bool = True) -> dict[str, np.ndarray]:
+    """A finished job's outputs, shards concatenated in order (checksums checked): what a
+    consumer of ``OUT`` does, and how the tests compare jobs."""
+    folder = Path(out)
+    try:
+        doc = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise BatchError(f"{str(folder)!r} has no readable {MANIFEST}: {e}") from None
+    if not doc.get("complete"):
+        raise BatchError(f"the batch job in {str(folder)!r} has not finished (rerun it to resume)")
+    parts: dict[str, list[np.ndarray]] = {}
+    for entry in doc["shards"]:
+        for key, f in entry["files"].items():
+            p = folder / f["path"]
+            if verify and _sha256_file(p) != f["sha256"]:
+                raise BatchError(f"{str(p)!r} does not match its sha256 in the manifest")
+            if p.suffix == ".npy":
+                parts.setdefault(key, []).append(np.load(p, allow_pickle=False))
+            else:
+                for name, a in _read_parquet(p).items():
+                    parts.setdefault(name, []).append(a)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _read_parquet(path: Path) -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    shapes = json.loads(table.schema.metadata[b"vae_deploy.shapes"])
+    out = {"row": table.column("row").to_numpy()}
+    for name, shape in shapes.items():
+        flat = table.column(name).combine_chunks().flatten().to_numpy()
+        out[name] = flat.reshape(-1, *shape)
+    return out
