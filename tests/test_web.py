@@ -168,3 +168,10 @@ def test_page_noise_is_seeded_standard_normal():
     gen = mulberry32(0)
     first = [next(gen) for _ in range(3)]
     assert all(0 <= v < 2**32 for v in first) and len(set(first)) == 3
+
+
+def test_out_inside_the_export_is_refused(exports, fake_dist, tmp_path):
+    export = copy_export(exports["mlp"], tmp_path / "export")
+    res = web(export, "--out", export / "site", "--ort-dist", fake_dist)
+    assert res.exit_code == 1 and "is inside the export folder" in res.output
+    assert not (export / "site").exists()

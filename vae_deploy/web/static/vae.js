@@ -132,12 +132,13 @@ function contractFrom(meta, manifest, session, site) {
   return c;
 }
 
-// Threads: ?threads=N, else onnxruntime-web's default (1 unless the page is cross-origin isolated).
+// Threads: WASM threads need SharedArrayBuffer, i.e. a cross-origin isolated page (COOP/COEP
+// headers); otherwise 1. When isolated: ?threads=N, else onnxruntime-web's default.
 export function configureWasm(params) {
   ort.env.wasm.wasmPaths = new URL("./ort/", import.meta.url).href;
   const t = Number(params.get("threads"));
-  if (t > 0) ort.env.wasm.numThreads = t;
-  else if (!globalThis.crossOriginIsolated) ort.env.wasm.numThreads = 1;
+  if (!globalThis.crossOriginIsolated) ort.env.wasm.numThreads = 1;
+  else if (t > 0) ort.env.wasm.numThreads = t;
   return ort.env.wasm.numThreads;
 }
 
