@@ -222,3 +222,20 @@ def test_one_thread_without_cross_origin_isolation(chrome, sites):
         ready(page)
         assert page.evaluate("crossOriginIsolated") is False
         assert page.evaluate("window.vaeDeploy.decoder.info.threads") == 1
+
+
+def test_measure_reports_page_and_runtime_latency(chrome, exports, tmp_path):
+    import json
+
+    from vae_deploy.web.measure import measure
+
+    report = measure(exports["mlp"], tmp_path / "out", reps=3, loads=1, batches=(1,), threads=2,
+                     screenshot=tmp_path / "page.png", chrome=chrome)
+    rows = {(r["backend"], r["threads"]): r for r in report["rows"]}
+    assert set(rows) == {("ort-web-wasm", 1), ("ort-web-wasm", 2), ("ort-cpu", 1), ("ort-cpu", 2)}
+    assert rows[("ort-web-wasm", 2)]["cross_origin_isolated"] is True
+    for r in rows.values():
+        assert r["first_image_ms"] > 0 and 0 < r["median_ms"] <= r["p95_ms"] and r["reps"] == 3
+    assert json.loads((tmp_path / "out/web_latency.json").read_text())["rows"] == report["rows"]
+    assert "| ort-web-wasm | 2 | yes | 1 |" in (tmp_path / "out/web_latency.md").read_text()
+    assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

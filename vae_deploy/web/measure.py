@@ -50,37 +50,33 @@ def summary(times_ms: list[float]) -> dict[str, float]:
     return {"median_ms": float(np.median(a)), "p95_ms": float(np.percentile(a, 95)), "reps": int(a.size)}
 
 
-def page_rows(site: Path, modes: list[tuple[bool, int]], batches: list[int], reps: int,
+def page_rows(chrome: Any, site: Path, modes: list[tuple[bool, int]], batches: list[int], reps: int,
               loads: int, screenshot: Path | None) -> list[dict[str, Any]]:
+    """One row per (threading mode, batch) from a launched browser ``chrome``."""
     rows = []
-    with browser.sync_playwright() as pw:
-        chrome = browser.launch(pw)
-        try:
-            for isolated, threads in modes:
-                with serve_site(site, isolated=isolated) as url:
-                    first, threads_seen = [], None
-                    for _ in range(loads):  # a fresh context per load: no warm session
-                        page = browser.open_page(chrome, f"{url}?threads={threads}")
-                        err = page.evaluate("window.vaeDeploy.error")
-                        if err:
-                            raise browser.BrowserError(f"the page failed to load: {err}")
-                        first.append(page.evaluate("window.vaeDeploy.timings.firstImageMs"))
-                        threads_seen = page.evaluate("window.vaeDeploy.decoder.info.threads")
-                        if screenshot is not None and not isolated:
-                            screenshot.parent.mkdir(parents=True, exist_ok=True)
-                            page.screenshot(path=str(screenshot), full_page=True)
-                            screenshot = None
-                        last = page
-                        if len(first) < loads:
-                            page.context.close()
-                    for b in batches:
-                        t = last.evaluate(TIME_DECODE_JS, [b, reps, max(3, reps // 10), CALLS])
-                        rows.append({"backend": "ort-web-wasm", "threads": threads_seen,
-                                     "cross_origin_isolated": isolated, "batch": b,
-                                     "first_image_ms": statistics.median(first), **summary(t)})
-                    last.context.close()
-        finally:
-            chrome.close()
+    for isolated, threads in modes:
+        with serve_site(site, isolated=isolated) as url:
+            first, threads_seen = [], None
+            for _ in range(loads):  # a fresh context per load: no warm session
+                page = browser.open_page(chrome, f"{url}?threads={threads}")
+                err = page.evaluate("window.vaeDeploy.error")
+                if err:
+                    raise browser.BrowserError(f"the page failed to load: {err}")
+                first.append(page.evaluate("window.vaeDeploy.timings.firstImageMs"))
+                threads_seen = page.evaluate("window.vaeDeploy.decoder.info.threads")
+                if screenshot is not None and not isolated:
+                    screenshot.parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(screenshot), full_page=True)
+                    screenshot = None
+                last = page
+                if len(first) < loads:
+                    page.context.close()
+            for b in batches:
+                t = last.evaluate(TIME_DECODE_JS, [b, reps, max(3, reps // 10), CALLS])
+                rows.append({"backend": "ort-web-wasm", "threads": threads_seen,
+                             "cross_origin_isolated": isolated, "batch": b,
+                             "first_image_ms": statistics.median(first), **summary(t)})
+            last.context.close()
     return rows
 
 
@@ -138,13 +134,23 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def measure(export_dir: Path, out: Path, *, reps: int = 50, loads: int = 3, batches: tuple[int, ...] = (1, 16),
-            threads: int | None = None, screenshot: Path | None = None, ort_dist: Path | None = None) -> dict[str, Any]:
-    """Build the site in a temporary folder, measure page and Runtime, write JSON + Markdown."""
+            threads: int | None = None, screenshot: Path | None = None, ort_dist: Path | None = None,
+            chrome: Any = None) -> dict[str, Any]:
+    """Build the site in a temporary folder, measure page and Runtime, write JSON + Markdown.
+    ``chrome``: a launched Playwright browser to use (default: start one, then close it)."""
     many = threads or min(4, os.cpu_count() or 1)
     modes = [(False, 1)] + ([(True, many)] if many > 1 else [])
     with tempfile.TemporaryDirectory(prefix="vae-web-") as tmp:
         site = build_site(export_dir, Path(tmp) / "site", ort_dist=ort_dist).out_dir
-        rows = page_rows(site, modes, list(batches), reps, loads, screenshot)
+        if chrome is not None:
+            rows = page_rows(chrome, site, modes, list(batches), reps, loads, screenshot)
+        else:
+            with browser.sync_playwright() as pw:
+                chrome = browser.launch(pw)
+                try:
+                    rows = page_rows(chrome, site, modes, list(batches), reps, loads, screenshot)
+                finally:
+                    chrome.close()
     rows += runtime_rows(export_dir, sorted({1, many}), list(batches), reps)
     report = {"export": str(export_dir), "reps": reps, "loads": loads, "machine": machine(), "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
