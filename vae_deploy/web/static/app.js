@@ -7,6 +7,11 @@ const PAD = 2;
 const GRID_COLS = 4;
 
 function draw(canvas, images, cols) {
+  if (!images) { // e.g. flat outputs whose size is not a square: nothing to show, the API still decodes
+    canvas.hidden = true;
+    $("status").dataset.note = "The decoder's output is not an image; use window.vaeDeploy.decode.";
+    return null;
+  }
   const { width: w, height: h } = images[0];
   const scale = Math.max(1, Math.floor(96 / Math.max(w, h)));
   const rows = Math.ceil(images.length / cols);
@@ -167,7 +172,8 @@ async function main() {
   if (seed !== null) $("seed").value = Number(seed) >>> 0;
   await grid();
   if (api.error) return;
-  $("status").textContent = `Ready: first image ${api.timings.firstImageMs.toFixed(0)} ms after navigation.`;
+  $("status").textContent = `Ready: first image ${api.timings.firstImageMs.toFixed(0)} ms after navigation. ` +
+    ($("status").dataset.note || "");
   document.body.dataset.state = "ready";
 }
 
