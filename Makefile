@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Quiet installs: no progress bars, no pip upgrade notice, no build-backend chatter.
 PIP     := $(PYTHON) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-all test-lean lint bench clean cpp
+.PHONY: install demo test test-all test-lean lint bench clean cpp web-deps test-web site web-bench
 
 install: $(STAMP)
 
@@ -39,6 +39,27 @@ test-all: install
 # a fresh venv filled from pip's cache (tests/test_lean_install.py).
 test-lean: install
 	$(PYTHON) -m pytest -q tests/test_lean_install.py
+# onnxruntime-web, pinned in web/package.json + package-lock.json, for `vae-deploy web`.
+WEB_STAMP := web/node_modules/.installed
+web-deps: $(WEB_STAMP)
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $(WEB_STAMP)
+
+# The page in a real browser (Debian: apt-get install chromium); CI runs it (.ci/run).
+test-web: install web-deps
+	VAE_DEPLOY_REQUIRE_BROWSER=1 $(PYTHON) -m pytest -q tests/test_web.py tests/test_web_browser.py
+
+# The demo export as a static page: serve it with `python -m http.server -d site`.
+site: install web-deps
+	test -f export/manifest.json || $(MAKE) demo
+	$(BIN)/vae-deploy web export --out site
+
+# Time to first image and decode latency in the page beside the Python Runtime.
+web-bench: install web-deps
+	test -f export/manifest.json || $(MAKE) demo
+	$(PYTHON) -m vae_deploy.web.measure export --out bench/results/web
 
 lint: install
 	$(BIN)/ruff check vae_deploy tests bench
@@ -55,4 +76,4 @@ bench: install
 	$(BIN)/vae-deploy bench export --out bench/results $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build *.egg-info site tmp web/node_modules
