@@ -92,9 +92,13 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     return from_checkpoint(load_checkpoint(path)), str(path)
 
 
-def _candidates(folder: Path, manifest: dict[str, Any], spec, wanted: Sequence[str] | None):
-    """(label, precision, factory) for every backend the export supports here."""
+def _candidates(folder: Path, manifest: dict[str, Any], spec, wanted: Sequence[str] | None,
+                engines: Sequence[str] | None = None):
+    """(label, precision, factory) for every backend the export supports here (on ``engines``;
+    default: every installed one)."""
     from vae_deploy.backends import TorchBackend
+    from vae_deploy.engines import available_engines, backend_label
+    from vae_deploy.engines.cpu import bf16_refusal
     from vae_deploy.providers import provider_works
     from vae_deploy.runtime import Runtime
 
@@ -109,16 +113,31 @@ def _candidates(folder: Path, manifest: dict[str, Any], spec, wanted: Sequence[s
         out.append(("torchscript", "fp32", ts))
     precisions = sorted({e.get("precision", "fp32") for e in files.values() if e.get("format") == "onnx"},
                         key=lambda p: (p != "fp32", p))
-    providers = ["cpu"] + (["cuda"] if provider_works("cuda") else [])
-    for prov in providers:
-        for prec in precisions:
-            label = f"onnx-{prov}" + ("" if prec == "fp32" else f"-{prec}")
+    if engines and "openvino" in engines and "openvino" not in available_engines():
+        from vae_deploy.engines.openvino import import_openvino
 
-            def rt(prov=prov, prec=prec) -> Runtime:
-                r = Runtime.load(folder, provider=prov, precision=prec, verify_checksums=False)
-                r.name = f"onnxruntime-{prov}" + ("" if prec == "fp32" else f"-{prec}")
-                return r
-            out.append((label, prec, rt))
+        import_openvino()  # raises the one clear error naming the extra
+    providers = ["cpu"] + (["cuda"] if provider_works("cuda") else [])
+    combos = [("onnxruntime", prov, prec) for prov in providers for prec in precisions]
+    if "openvino" in available_engines():  # the export's own fp32 graph at bf16 where bf16 is native
+        ov_precisions = [p for p in precisions if p in ("fp32", "fp32-fast", "int8")]
+        if "fp32" in precisions and bf16_refusal() is None:
+            ov_precisions.append("bf16")
+        combos += [("openvino", "cpu", prec) for prec in ov_precisions]
+    for engine, prov, prec in combos:
+        if engines is not None and engine not in engines:
+            continue
+        # onnxruntime keeps verify's historical labels (onnx-cpu / onnxruntime-cpu); OpenVINO uses the
+        # project-wide name (openvino-cpu-bf16) for both.
+        suffix = "" if prec == "fp32" else f"-{prec}"
+        label = f"onnx-{prov}{suffix}" if engine == "onnxruntime" else backend_label(engine, prov, prec)
+        name = f"onnxruntime-{prov}{suffix}" if engine == "onnxruntime" else label
+
+        def rt(engine=engine, prov=prov, prec=prec, name=name) -> Runtime:
+            r = Runtime.load(folder, engine=engine, provider=prov, precision=prec, verify_checksums=False)
+            r.name = name
+            return r
+        out.append((label, prec, rt))
     if wanted:
         known = [c[0] for c in out]
         unknown = [w for w in wanted if w not in known]
@@ -137,6 +156,7 @@ def verify_export(
     atol: float | None = None,
     rtol: float | None = None,
     backends: Sequence[str] | None = None,
+    engines: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Integrity + contract + parity of every backend against the eager reference."""
     from vae_deploy.backends import TorchBackend
@@ -153,7 +173,7 @@ def verify_export(
     eager = TorchBackend(reference.encoder, reference.decoder, reference.spec, name="eager")
     x_data, described = verification_data(reference.spec, reference.example_x)
     reports = []
-    for label, precision, factory in _candidates(folder, manifest, reference.spec, backends):
+    for label, precision, factory in _candidates(folder, manifest, reference.spec, backends, engines):
         tol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
         if precision == "fp32" and reference.fp32_tolerance is not None:
             tol = reference.fp32_tolerance

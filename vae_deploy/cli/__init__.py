@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from vae_deploy.cli import bench, export, run, serve, train, verify
+from vae_deploy.cli import bench, export, run, serve, train, tune, verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,7 +17,7 @@ def main() -> None:
 
 
 for _command in (train.train, train.info, export.export, run.sample, run.reconstruct, verify.verify,
-                 serve.triton_repo, serve.serve, bench.bench):
+                 serve.triton_repo, serve.serve, bench.bench, tune.tune):
     main.add_command(_command)
 
 

@@ -19,11 +19,13 @@ from vae_deploy.errors import VaeDeployError
 @click.option("--atol", type=float, default=None, help="Override the precision's absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Override the precision's relative tolerance.")
 @click.option("--backends", default=None, help="Comma-separated subset, e.g. onnx-cpu,torchscript.")
+@click.option("--engine", "engines", type=click.Choice(["all", "onnxruntime", "openvino"]), default="all",
+              show_default=True, help="Which engines' backends to verify (all: every installed one).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes and failures.")
 @user_model_options
 def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ...], atol: float | None,
-           rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool,
+           rtol: float | None, backends: str | None, engines: str, json_path: Path | None, verbose: bool,
            model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
            latent_dim: int | None, likelihood: str | None) -> None:
     """Check integrity and parity (eager vs TorchScript vs ONNX); exit 1 on any failure."""
@@ -34,7 +36,8 @@ def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ..
                          checkpoint_flag="--checkpoint")
         reference = None if model_target is None else source
         result = verify_export(export_dir, checkpoint=checkpoint, reference=reference, batch_sizes=batch_sizes,
-                               atol=atol, rtol=rtol, backends=backends.split(",") if backends else None)
+                               atol=atol, rtol=rtol, backends=backends.split(",") if backends else None,
+                               engines=None if engines == "all" else [engines])
     except VaeDeployError as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_verification(result, verbose=verbose))
