@@ -147,8 +147,9 @@ def test_small_models_export_and_verify(small_export):
     # verify again from the in-memory module, at other batch sizes and another example input
     result = vae_deploy.verify(model, out, example_input=_seeded(2, *input_shape, seed=1), batch_sizes=(2, 7))
     assert result["passed"], vae_deploy.verify.format_verification(result)
-    assert set(_max_abs(result)) == {"torchscript", "onnxruntime-cpu"}
-    assert max(_max_abs(result).values()) <= FP32_ATOL
+    fp32 = {k: v for k, v in _max_abs(result).items() if not k.endswith("-bf16")}  # + openvino-* when installed
+    assert {"torchscript", "onnxruntime-cpu"} <= set(fp32) <= {"torchscript", "onnxruntime-cpu", "openvino-cpu"}
+    assert max(fp32.values()) <= FP32_ATOL
 
 
 def test_small_models_run_on_the_runtime(small_export):

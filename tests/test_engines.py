@@ -124,9 +124,11 @@ def test_broken_candidate_fails_the_gate(exports):
     from vae_deploy.engines.gate import gate
 
     ref = Runtime.load(exports["conv"], provider="cpu")
-    other = Runtime.load(exports["mlp"], provider="cpu")  # a different model: must not pass
-    g = gate(ref, other, "bf16")
-    assert not g["passed"] and "outside atol" in g["reason"]
+    broken = Runtime.load(exports["conv"], provider="cpu")
+    decode = broken._decode
+    broken._decode = lambda z: decode(z) + 0.25  # a conversion gone wrong, off at the output's scale
+    g = gate(ref, broken, "bf16")
+    assert not g["passed"] and "decoder outside atol" in g["reason"] and "-ELBO differs" in g["reason"]
     assert gate(ref, Runtime.load(exports["conv"], provider="cpu"), "fp32")["passed"]
 
 
