@@ -65,7 +65,9 @@ class BenchConfig:
     torch_compile: bool = True  # time torch.compile as a peer (compiling costs seconds to minutes per model)
     sd_model: bool = True  # the SD-architecture AutoencoderKL (with reference_models; needs diffusers)
     sd_rounds: int = 3  # its rounds: ~6 s per eager fp32 image on 2 cores
-    sd_compile: bool = False  # torch.compile of the SD decoder: minutes of inductor compilation on 2 cores
+    # Reference models timed with torch.compile (exports given are always): inductor compiles each
+    # graph for 20 s to 2 min on 2 cores, so by default only the two models the targets name.
+    compile_models: tuple[str, ...] | None = ("ref-mlp28", "ref-conv28")
     quick: bool = False
     cache_dir: str | None = None  # reference exports; None: $XDG_CACHE_HOME/vae-deploy/bench-models
 

@@ -91,7 +91,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
         mcfg = cfg
         if model.name == SD_NAME:  # seconds per call: few rounds, no time cap, no warm-up loop
             mcfg = dataclasses.replace(cfg, rounds=cfg.sd_rounds, min_rounds=min(cfg.min_rounds, cfg.sd_rounds),
-                                       max_group_s=float("inf"), warmup_s=0.0, torch_compile=cfg.sd_compile)
+                                       max_group_s=float("inf"), warmup_s=0.0)
         backends, skipped = build_backends(model, mcfg)
         say(f"[{model.name}] {model.description}: backends {', '.join(backends)}"
             + (f"; skipped {', '.join(skipped)}" if skipped else ""))

@@ -35,13 +35,14 @@ from vae_deploy.cli.options import friendly_errors, ints
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the reference models' exports are kept, keyed by a hash of their config "
                    "[default: $XDG_CACHE_HOME/vae-deploy/bench-models].")
-@click.option("--sd-compile", is_flag=True, help="Also torch.compile the SD decoder (minutes of compilation).")
+@click.option("--compile-all", is_flag=True,
+              help="torch.compile every reference model (default: ref-mlp28 and ref-conv28; minutes each on 2 cores).")
 @friendly_errors
 def bench(
     export_dir: Path | None, backends: str | None, batch_sizes: tuple[int, ...] | None, ops: str, out: Path,
     quick: bool, reference_models: bool | None, threads: int | None, rounds: int | None, batcher: bool,
     engine: str, torch_compile: bool | None, sd_model: bool, sd_rounds: int | None, cache_dir: Path | None,
-    sd_compile: bool,
+    compile_all: bool,
 ) -> None:
     """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
     from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
@@ -52,8 +53,10 @@ def bench(
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
         ops=tuple(o.strip() for o in ops.split(",") if o.strip()), batcher=batcher,
         engines=None if engine == "all" else (engine,), torch_compile=torch_compile, sd_model=sd_model,
-        sd_compile=sd_compile or None, sd_rounds=sd_rounds, cache_dir=str(cache_dir) if cache_dir else None,
+        sd_rounds=sd_rounds, cache_dir=str(cache_dir) if cache_dir else None,
     )
+    if compile_all:
+        cfg.compile_models = None
     report = run_benchmark([export_dir] if export_dir else [], cfg, log=lambda s: click.echo(s, err=True))
     paths = write_report(report, out)
     if "throughput" not in paths:
