@@ -157,3 +157,23 @@ def test_runtime_path_imports_no_torch(exports, tmp_path):
         code += f"Runtime.load({str(exports['mlp'])!r}, engine='openvino').sample(2)\nassert 'torch' not in sys.modules\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+
+
+@needs_ov
+def test_verify_includes_openvino_backends(exports, tiny_ckpts, flags):
+    from vae_deploy.verify import verify_export
+
+    flags(BF16)  # bf16 is verified where it is native
+    result = verify_export(exports["mlp"], checkpoint=tiny_ckpts["mlp"], batch_sizes=(1, 7), engines=["openvino"])
+    reports = {r["candidate"]: r for r in result["reports"]}
+    assert set(reports) == {"openvino-cpu", "openvino-cpu-bf16"}, list(reports)
+    assert reports["openvino-cpu"]["summary"]["max_abs_error"] <= 1e-5
+    bf16 = reports["openvino-cpu-bf16"]
+    assert bf16["tolerance"]["atol"] == 0.1 and bf16["elbo"]["rtol"] == 0.005  # the documented bf16 gate
+    assert result["passed"], [r["summary"] for r in reports.values()]
+
+
+def test_verify_engine_openvino_without_the_extra(exports, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    res = CliRunner().invoke(main, ["verify", str(exports["mlp"]), "--engine", "openvino"])
+    assert res.exit_code == 1 and "vae-deploy[openvino]" in res.output and "Traceback" not in res.output

@@ -104,7 +104,7 @@ def _candidates(folder: Path, manifest: dict[str, Any], spec, wanted: Sequence[s
 
     files = manifest.get("files", {})
     out = []
-    if "encoder.ts" in files and "decoder.ts" in files:
+    if "encoder.ts" in files and "decoder.ts" in files and not engines:  # --engine narrows to that engine's rows
         def ts() -> TorchBackend:
             import torch
 
