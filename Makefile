@@ -68,12 +68,14 @@ lint: install
 cpp: install
 	PYTHON=$(abspath $(PYTHON)) cpp/build.sh
 
-# The default sweep (a few minutes on 2 cores): the demo export plus the reference models.
-# BENCH_ARGS=--quick for a smoke run; see `vae-deploy bench --help`.
+# The default sweep (~10 minutes on 2 cores): the demo export plus the reference models, the
+# SD-architecture AutoencoderKL included (its ONNX export, ~5 minutes, is cached in
+# bench/results/cache, keyed by a hash of the config). BENCH_ARGS=--quick for a smoke run,
+# --no-sd to leave the SD model out; see `vae-deploy bench --help`.
 bench: install
 	test -f export/manifest.json || { $(BIN)/vae-deploy train --quiet --out runs/demo/ckpt.pt && \
 		$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export; }
-	$(BIN)/vae-deploy bench export --out bench/results $(BENCH_ARGS)
+	$(BIN)/vae-deploy bench export --out bench/results --cache-dir bench/results/cache $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info site tmp web/node_modules

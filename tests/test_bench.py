@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vae_deploy import bench as vb
-from vae_deploy.bench_report import write_report
+from vae_deploy.bench.report import write_report
 from vae_deploy.checkpoint import load_checkpoint
 
 BATCH_SIZES = (1, 4)
@@ -49,7 +49,8 @@ def test_report_schema_and_every_cell(quick_report):
     assert {"eager", "torchscript", "ort-cpu", "ort-cpu-bare"} <= set(model["backends"])
     assert model["flops_per_sample"]["decoder"] == 4352.0  # 2 x (4*32 + 32*64)
     assert model["flops_per_sample"]["encoder"] == 4608.0  # 2 x (64*32 + 32*4 + 32*4)
-    assert all(v < 1e-4 for v in model["parity_max_abs_diff"].values())
+    for name, v in model["parity_max_abs_diff"].items():  # bf16 rows carry 8 significant bits
+        assert v < (2e-2 if name.endswith("-bf16") else 1e-4), (name, v)
     assert "checkpoint" in model["eager_baseline"]
 
     cells = {(c["model"], c["op"], c["backend"], c["batch_size"]): c for c in data["cells"]}

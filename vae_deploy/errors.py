@@ -29,3 +29,7 @@ class ArtifactError(VaeDeployError, ValueError):
 
 class ParityError(VaeDeployError, AssertionError):
     """Backends disagree beyond tolerance."""
+
+
+class EngineError(VaeDeployError, RuntimeError):
+    """An engine, device or precision that cannot run here (missing extra, no native bf16, ...)."""

@@ -1,21 +1,20 @@
-"""``Runtime``: the exported encoder and decoder on onnxruntime, for Python services.
+"""``Runtime``: the exported encoder and decoder on an engine (onnxruntime or OpenVINO), for
+Python services.
 
-Opens the two ONNX sessions after checking the manifest's checksums, picks the execution
-provider that really works (and says which one is active), validates inputs with clear
-errors, chunks large batches, and on CUDA keeps chunks on the device with IO binding.
-Sessions are thread-safe in onnxruntime, so one Runtime serves many threads.
+``Runtime.load`` is the one entry point: it reads the manifest and checks the checksums before
+any engine opens a file, resolves ``auto`` from the tuning file, and checks the graphs' declared
+shapes against the contract. The engine runs one chunk; ``Backend`` validates inputs with clear
+errors, chunks large batches and samples. onnxruntime sessions and OpenVINO compiled models (one
+infer request per thread) are thread-safe, so one Runtime serves many threads. No torch here.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from vae_deploy import providers
 from vae_deploy.artifacts import (
     META_PREFIX,
     ExportSpec,
@@ -25,25 +24,17 @@ from vae_deploy.artifacts import (
     verify_files,
 )
 from vae_deploy.backends import Backend
+from vae_deploy.engines import check_choice, file_precision, open_engine
+from vae_deploy.engines.onnxruntime import default_session_options
 from vae_deploy.errors import ArtifactError
 
-
-def default_session_options(threads: int | None = None) -> ort.SessionOptions:
-    """Throughput-oriented defaults: full graph optimisation, one sequential inter-op lane,
-    ``threads`` intra-op threads (onnxruntime's default, the physical cores, when None)."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.inter_op_num_threads = 1
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3  # errors only: no warning chatter in a service's logs
-    return so
+__all__ = ["Runtime", "default_session_options", "spec_from_session", "variant_file"]
 
 
 def variant_file(manifest: dict[str, Any], role: str, precision: str) -> str:
     """The ONNX file for ``role`` at ``precision``; the encoder falls back to fp32 when a
     precision was only produced for the decoder (sampling needs only the decoder)."""
+    precision = file_precision(precision)
     files = manifest.get("files", {})
     for name, e in files.items():
         if e.get("format") == "onnx" and e.get("role") == role and e.get("precision") == precision:
@@ -55,9 +46,11 @@ def variant_file(manifest: dict[str, Any], role: str, precision: str) -> str:
 
 
 class Runtime(Backend):
-    """Batched sampling, encoding, decoding and reconstruction on onnxruntime."""
+    """Batched sampling, encoding, decoding and reconstruction on an engine."""
 
     name = "ort"
+    precision = "fp32"
+    choice_reason = "asked for explicitly"
 
     def __init__(
         self,
@@ -65,149 +58,114 @@ class Runtime(Backend):
         decoder_path: str | Path,
         spec: ExportSpec | None = None,
         *,
+        engine: str = "onnxruntime",
+        precision: str = "fp32",
         provider: str = "auto",
         max_batch: int = 1024,
         threads: int | None = None,
-        session_options: ort.SessionOptions | None = None,
+        session_options: Any = None,
         cache_dir: str | Path | None = None,
         check_finite: bool = True,
         device_id: int = 0,
+        force_bf16: bool = False,
     ) -> None:
-        self.provider_chain = providers.resolve(provider)
+        extra = {"session_options": session_options, "device_id": device_id} if engine == "onnxruntime" else (
+            {"session_options": session_options} if session_options is not None else {})
+        self.engine = open_engine(engine, encoder_path, decoder_path, precision=precision, provider=provider,
+                                  threads=threads, cache_dir=cache_dir, force_bf16=force_bf16, **extra)
         self.requested_provider = provider
-        self.device_id = device_id
+        self.precision = precision
         self._threads = threads
-        self._session_options = session_options
-        self._cache_dir = Path(cache_dir) if cache_dir else None
-        self.encoder_session = self._open(Path(encoder_path))
-        self.decoder_session = self._open(Path(decoder_path))
         self.files = {"encoder": str(encoder_path), "decoder": str(decoder_path)}
-        super().__init__(spec or spec_from_session(self.decoder_session), max_batch=max_batch,
-                         check_finite=check_finite)
-        active = self.decoder_session.get_providers()[0]
-        self.provider = providers.short_name(active)  # what is really running
-        self.name = f"ort-{self.provider}"  # the backend naming scheme (README, "Verify")
-        self._x_name = self.encoder_session.get_inputs()[0].name
-        self._z_name = self.decoder_session.get_inputs()[0].name
-        self._enc_out = [o.name for o in self.encoder_session.get_outputs()]
-        self._dec_out = [o.name for o in self.decoder_session.get_outputs()]
-        self._use_iobinding = self.provider in ("cuda", "tensorrt")
+        if spec is None:
+            if engine != "onnxruntime":
+                raise ArtifactError("pass spec= (or use Runtime.load) to open graphs on engine " + repr(engine))
+            spec = spec_from_session(self.engine.decoder_session)
+        super().__init__(spec, max_batch=max_batch, check_finite=check_finite)
+        self.provider = self.engine.device  # what is really running
+        self.name = self.engine.label  # the backend naming scheme: ort-cpu, openvino-cpu-bf16
+        # One chunk runs straight on the engine: no extra Python frame on the hot path.
+        self._encode = self.engine.encode  # type: ignore[method-assign]
+        self._decode = self.engine.decode  # type: ignore[method-assign]
+        self._use_iobinding = bool(getattr(self.engine, "use_iobinding", False))
         self._check_contract()
 
     @classmethod
     def load(
-        cls, path: str | Path = "export", *, precision: str = "fp32", verify_checksums: bool = True, **kwargs: Any
+        cls, path: str | Path = "export", *, engine: str = "onnxruntime", precision: str = "fp32",
+        verify_checksums: bool = True, batch_size: int | None = None, tuning_file: str | Path | None = None,
+        **kwargs: Any,
     ) -> Runtime:
-        """Open an export folder (checksums checked) at the given precision variant."""
+        """Open an export folder (checksums checked before any engine reads a file) on ``engine`` at
+        ``precision``. ``"auto"`` for either loads the fastest pair that passed its accuracy gate on this
+        machine, from the tuning file (``vae-deploy tune``; tuned now when no record fits), at
+        ``batch_size`` (default: the largest tuned batch size)."""
+        check_choice(engine, precision)
         folder = Path(path)
         manifest = load_manifest(folder, verify=False)
+        reason = "asked for explicitly"
+        if engine == "auto" or precision == "auto":
+            from vae_deploy.engines.tune import choose
+
+            pick = choose(folder, manifest, engine=engine, precision=precision, batch_size=batch_size,
+                          tuning_file=tuning_file, threads=kwargs.get("threads"),
+                          verify_checksums=verify_checksums)
+            engine, precision, reason = pick["engine"], pick["precision"], pick["reason"]
+            kwargs.setdefault("provider", pick.get("provider", "auto"))
+            kwargs["force_bf16"] = True  # the tuner only measures bf16 where it is native
         enc, dec = variant_file(manifest, "encoder", precision), variant_file(manifest, "decoder", precision)
         if verify_checksums:
             verify_files(folder, manifest, only=[enc, dec])
-        rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), **kwargs)
-        rt.precision = precision
-        if precision != "fp32":
-            rt.name = f"{rt.name}-{precision}"
+        rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), engine=engine, precision=precision,
+                 **kwargs)
+        rt.choice_reason = reason
         return rt
 
-    precision = "fp32"
+    # --- compatibility: the onnxruntime engine's sessions -------------------------------------
+    @property
+    def encoder_session(self) -> Any:
+        return getattr(self.engine, "encoder_session", None)
 
-    # --- sessions --------------------------------------------------------------------------
-    def _open(self, path: Path) -> ort.InferenceSession:
-        if not path.is_file():
-            raise ArtifactError(f"ONNX file {str(path)!r} does not exist")
-        so = self._session_options or default_session_options(self._threads)
-        target = str(path)
-        if self._cache_dir is not None:
-            cached = self._cache_path(path)
-            if cached.is_file():
-                target = str(cached)
-                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            else:
-                self._cache_dir.mkdir(parents=True, exist_ok=True)
-                so.optimized_model_filepath = str(cached)
-        try:
-            sess = ort.InferenceSession(target, so, providers=self.provider_chain)
-        except Exception as e:
-            raise ArtifactError(f"onnxruntime could not open {str(path)!r}: {e}") from None
-        so.optimized_model_filepath = ""
-        return sess
-
-    def _cache_path(self, path: Path) -> Path:
-        """Cache key: the source file's bytes, the onnxruntime version and the providers."""
-        h = hashlib.sha256(path.read_bytes())
-        h.update(f"{ort.__version__}|{self.provider_chain}".encode())
-        return self._cache_dir / f"{path.stem}.{h.hexdigest()[:16]}.opt.onnx"  # type: ignore[operator]
+    @property
+    def decoder_session(self) -> Any:
+        return getattr(self.engine, "decoder_session", None)
 
     def _check_contract(self) -> None:
         """The graphs' declared shapes must agree with the spec the host validates against."""
-        for sess, item, what in ((self.encoder_session, self.input_shape, "encoder input"),
-                                 (self.decoder_session, self.latent_shape, "decoder input")):
-            declared = sess.get_inputs()[0].shape[1:]
+        for role, item, what in (("encoder", self.input_shape, "encoder input"),
+                                 ("decoder", self.latent_shape, "decoder input")):
+            declared = self.engine.declared_input(role)
             ok = len(declared) == len(item) and all(
                 not isinstance(d, int) or e < 0 or d == e for d, e in zip(declared, item)
             )
             if not ok:
+                shown = ", ".join(str(d) if isinstance(d, int) else "?" for d in declared)
                 raise ArtifactError(
-                    f"{what} is declared as [N, {', '.join(map(str, declared))}] in the graph but the "
+                    f"{what} is declared as [N, {shown}] in the graph but the "
                     f"metadata/manifest says [N, {', '.join(map(str, item))}]"
                 )
-
-    # --- one chunk -------------------------------------------------------------------------
-    def _encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self._use_iobinding:
-            mu, logvar = self._run_bound(self.encoder_session, self._x_name, x, self._enc_out)
-            return mu, logvar
-        mu, logvar = self.encoder_session.run(self._enc_out, {self._x_name: x})
-        return mu, logvar
-
-    def _decode(self, z: np.ndarray) -> np.ndarray:
-        if self._use_iobinding:
-            return self._run_bound(self.decoder_session, self._z_name, z, self._dec_out)[0]
-        return self.decoder_session.run(self._dec_out, {self._z_name: z})[0]
-
-    def _run_bound(self, sess: ort.InferenceSession, in_name: str, a: Any, out_names: list[str],
-                   to_host: bool = True) -> list[Any]:
-        """Run with inputs and outputs bound to device memory; copy outputs to host once."""
-        binding = sess.io_binding()
-        if isinstance(a, ort.OrtValue):
-            binding.bind_ortvalue_input(in_name, a)
-        else:
-            binding.bind_ortvalue_input(in_name, ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.device_id))
-        for name in out_names:
-            binding.bind_output(name, "cuda", self.device_id)
-        sess.run_with_iobinding(binding)
-        if to_host:
-            return binding.copy_outputs_to_cpu()
-        return binding.get_outputs()
 
     def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None) -> np.ndarray:
         """On CUDA the posterior mean stays on the device between encoder and decoder."""
         if not self._use_iobinding or sample:
             return super().reconstruct(x, sample=sample, seed=seed)
         x, single = self._prepare(x, self.input_shape, "x")
-
-        def chunk(c: np.ndarray) -> tuple[np.ndarray]:
-            mu_dev = self._run_bound(self.encoder_session, self._x_name, c, self._enc_out, to_host=False)[0]
-            return (self._run_bound(self.decoder_session, self._z_name, mu_dev, self._dec_out)[0],)
-
-        (x_hat,) = self._chunked(chunk, x, 1)
+        (x_hat,) = self._chunked(lambda c: (self.engine.reconstruct_on_device(c),), x, 1)  # type: ignore[attr-defined]
         return x_hat[0] if single else x_hat
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "provider": self.provider,
-            "requested": self.requested_provider,
-            "providers": self.decoder_session.get_providers(),
-            "precision": self.precision,
-            "files": self.files,
-            "max_batch": self.max_batch,
-            "intra_op_threads": self._threads or "onnxruntime default",
-            "io_binding": self._use_iobinding,
-        }
+        """What runs (engine, device, precision, files) and why it was chosen."""
+        d = self.engine.describe()
+        d.setdefault("provider", self.provider)
+        d.update({"backend": self.engine.label, "precision": self.precision, "files": self.files,
+                  "max_batch": self.max_batch, "why": self.choice_reason})
+        return d
+
+    def close(self) -> None:
+        self.engine.close()
 
 
-def spec_from_session(sess: ort.InferenceSession) -> ExportSpec:
+def spec_from_session(sess: Any) -> ExportSpec:
     """Rebuild the spec from a graph's metadata alone (how a C++ consumer does it)."""
     meta = sess.get_modelmeta().custom_metadata_map
     try:

@@ -361,12 +361,13 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 def serve(export_dir: str | Path, options: ServeOptions | None = None, *, provider: str = "cpu",
-          on_ready: Callable[[VaeTritonServer], None] | None = None) -> None:
+          engine: str = "onnxruntime", on_ready: Callable[[VaeTritonServer], None] | None = None) -> None:
     """Load the export folder and serve it until Ctrl-C or SIGTERM (the CLI's ``serve``)."""
     from vae_deploy.runtime import Runtime
 
     options = options or ServeOptions()
-    runtime = Runtime.load(export_dir, provider=provider, max_batch=options.max_batch, check_finite=False)
+    runtime = Runtime.load(export_dir, engine=engine, provider=provider, max_batch=options.max_batch,
+                           check_finite=False)
     server = VaeTritonServer(runtime, options).start()
     if on_ready is not None:
         on_ready(server)

@@ -189,26 +189,42 @@ def load_inputs(spec: ExportSpec, data: str | Path | None = None, example_x: Any
     return rng.random((n, *shape), dtype=np.float32), "random", "uniform [0, 1) random inputs, seed 0", warning
 
 
-def backend_names(manifest: dict[str, Any], *, torch_ok: bool, eager: bool) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """[(name, precision)] to check and {name: why not} for the ones this machine cannot run."""
+def backend_names(manifest: dict[str, Any], *, torch_ok: bool, eager: bool,
+                  engines: Sequence[str] | None = None) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """[(name, precision)] to check (on ``engines``; default: every installed one) and
+    {name: why not} for the ones this machine cannot run."""
+    from vae_deploy.engines import available_engines, backend_label
+    from vae_deploy.engines.cpu import bf16_refusal
     from vae_deploy.providers import provider_works
 
     files = manifest.get("files", {})
     out: list[tuple[str, str]] = []
     skipped: dict[str, str] = {}
-    if "encoder.ts" in files and "decoder.ts" in files:
+    if "encoder.ts" in files and "decoder.ts" in files and not engines:  # --engine narrows to that engine
         if torch_ok:
             out.append(("torchscript", "fp32"))
         else:
             skipped["torchscript"] = "needs torch: pip install 'vae-deploy[export]'"
     precisions = sorted({e.get("precision", "fp32") for e in files.values() if e.get("format") == "onnx"},
                         key=lambda p: (p != "fp32", p))
-    for prov in ["cpu"] + (["cuda"] if provider_works("cuda") else []):
-        for prec in precisions:
-            name = f"ort-{prov}" + ("" if prec == "fp32" else f"-{prec}")
-            if not eager and name == "ort-cpu":
-                continue  # the reference itself
-            out.append((name, prec))
+    if engines and "openvino" in engines and "openvino" not in available_engines():
+        from vae_deploy.engines.openvino import import_openvino
+
+        import_openvino()  # raises the one clear error naming the extra
+    combos = [("onnxruntime", prov, prec) for prov in ["cpu"] + (["cuda"] if provider_works("cuda") else [])
+              for prec in precisions]
+    if "openvino" in available_engines():  # the export's own fp32 graph at bf16 where bf16 is native
+        ov_precisions = [p for p in precisions if p in ("fp32", "fp32-fast", "int8")]
+        if "fp32" in precisions and bf16_refusal() is None:
+            ov_precisions.append("bf16")
+        combos += [("openvino", "cpu", prec) for prec in ov_precisions]
+    for engine, prov, prec in combos:
+        if engines is not None and engine not in engines:
+            continue
+        name = backend_label(engine, prov, prec)
+        if not eager and name == "ort-cpu":
+            continue  # the reference itself
+        out.append((name, prec))
     return out, skipped
 
 
@@ -222,8 +238,9 @@ def _open(folder: Path, name: str, precision: str, spec: ExportSpec) -> Backend:
                             spec, name="torchscript")
     from vae_deploy.runtime import Runtime
 
+    engine = "openvino" if name.startswith("openvino-") else "onnxruntime"
     provider = name.split("-")[1]
-    return Runtime.load(folder, provider=provider, precision=precision, verify_checksums=False)
+    return Runtime.load(folder, engine=engine, provider=provider, precision=precision, verify_checksums=False)
 
 
 def check_runs(backend: Backend, x_data: np.ndarray, batch_sizes: Sequence[int]) -> dict[str, Any]:
@@ -261,6 +278,7 @@ def verify_export(
     rtol: float | None = None,
     backends: Sequence[str] | None = None,
     data: str | Path | None = None,
+    engines: Sequence[str] | None = None,
 ) -> VerifyResult:
     """Integrity + contract + parity of every backend against the eager reference (or, without
     torch, against ``ort-cpu`` fp32). ``data``: a .npy/.npz of real examples for the encoder."""
@@ -286,7 +304,7 @@ def verify_export(
         spec, data, None if reference is None else reference.example_x)
     if data_warning:
         warnings.append(data_warning)
-    names, skipped = backend_names(manifest, torch_ok=torch_ok, eager=reference is not None)
+    names, skipped = backend_names(manifest, torch_ok=torch_ok, eager=reference is not None, engines=engines)
     if backends:
         known = [n for n, _ in names]
         unknown = [b for b in backends if b not in known]

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from vae_deploy.cli import batch, bench, export, run, serve, train, verify, web
+from vae_deploy.cli import batch, bench, export, run, serve, train, tune, verify, web
 from vae_deploy.cli.options import FriendlyGroup
 
 
@@ -18,7 +18,7 @@ def main() -> None:
 
 
 for _command in (train.train, train.info, export.export, run.sample, run.reconstruct, verify.verify,
-                 serve.triton_repo, serve.serve, bench.bench, batch.batch, web.web):
+                 serve.triton_repo, serve.serve, bench.bench, tune.tune, batch.batch, web.web):
     main.add_command(_command)
 
 

@@ -12,8 +12,9 @@ from vae_deploy.cli.options import friendly_errors, ints
 @click.command()
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
 @click.option("--backends", default=None,
-              help="Comma-separated backends or patterns: eager, torchscript, ort-cpu, ort-cpu-bare, ort-cpu-<precision>, "
-                   "ort-cuda, ort-tensorrt (default: every one that runs here).")
+              help="Comma-separated backends or patterns: eager, eager-bf16, torch-compile, torchscript, ort-cpu, "
+                   "ort-cpu-bare, ort-cpu-<precision>, ort-cuda, ort-tensorrt, openvino-cpu, openvino-cpu-<precision> "
+                   "(default: every one that runs here).")
 @click.option("--batch-sizes", callback=ints, default=None, help="e.g. 1,8,64,512 (quick: 1,8).")
 @click.option("--ops", default="sample,encode", show_default=True, help="sample, encode or both.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True)
@@ -23,21 +24,44 @@ from vae_deploy.cli.options import friendly_errors, ints
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch and onnxruntime intra-op threads.")
 @click.option("--rounds", type=click.IntRange(min=1), default=None, help="Interleaved timing rounds per cell.")
 @click.option("--batcher/--no-batcher", default=True, show_default=True, help="Measure the micro-batcher.")
+@click.option("--engine", type=click.Choice(["all", "onnxruntime", "openvino"]), default="all", show_default=True,
+              help="Which engines' rows to measure (eager and the torch peers are always measured).")
+@click.option("--compile/--no-compile", "torch_compile", default=None,
+              help="Time torch.compile as a peer [default: on; off with --quick].")
+@click.option("--sd/--no-sd", "sd_model", default=True, show_default=True,
+              help="With the reference models: the SD-architecture AutoencoderKL (needs diffusers).")
+@click.option("--sd-rounds", type=click.IntRange(min=1), default=None,
+              help="Rounds for the SD model (seconds per call) [default: 3].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the reference models' exports are kept, keyed by a hash of their config "
+                   "[default: $XDG_CACHE_HOME/vae-deploy/bench-models].")
+@click.option("--compile-all", is_flag=True,
+              help="torch.compile every reference model (default: ref-mlp28 and ref-conv28; minutes each on 2 cores).")
 @friendly_errors
 def bench(
     export_dir: Path | None, backends: str | None, batch_sizes: tuple[int, ...] | None, ops: str, out: Path,
     quick: bool, reference_models: bool | None, threads: int | None, rounds: int | None, batcher: bool,
+    engine: str, torch_compile: bool | None, sd_model: bool, sd_rounds: int | None, cache_dir: Path | None,
+    compile_all: bool,
 ) -> None:
     """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
     from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
-    from vae_deploy.bench_report import write_report
+    from vae_deploy.bench.report import write_report
 
     cfg = BenchConfig.make(
         quick=quick, batch_sizes=batch_sizes, reference_models=reference_models, threads=threads, rounds=rounds,
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
         ops=tuple(o.strip() for o in ops.split(",") if o.strip()), batcher=batcher,
+        engines=None if engine == "all" else (engine,), torch_compile=torch_compile, sd_model=sd_model,
+        sd_rounds=sd_rounds, cache_dir=str(cache_dir) if cache_dir else None,
     )
+    if compile_all:
+        cfg.compile_models = None
     report = run_benchmark([export_dir] if export_dir else [], cfg, log=lambda s: click.echo(s, err=True))
     paths = write_report(report, out)
+    if "throughput" not in paths:
+        from vae_deploy.bench.report import PLOTS_SKIPPED
+
+        click.echo(PLOTS_SKIPPED, err=True)
     print_summary(report)
     click.echo(f"report: {paths['markdown']} ({report['duration_s']:.0f} s)")

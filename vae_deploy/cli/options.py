@@ -154,3 +154,28 @@ def precisions_option(ctx: click.Context, param: click.Parameter, value: str) ->
     except ExportError as e:
         raise click.BadParameter(str(e)) from None
 
+
+
+def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--engine/--precision/--force-bf16/--tuning-file: what runs the graphs (see Runtime.load)."""
+    options = [
+        click.option("--engine", type=click.Choice(["onnxruntime", "openvino", "auto"]), default="onnxruntime",
+                     show_default=True, help="What runs the ONNX graphs; auto: the fastest variant that passed "
+                                             "its accuracy gate here (see `vae-deploy tune`)."),
+        click.option("--precision", type=click.Choice(["fp32", "fp32-fast", "int8", "bf16", "fp16", "auto"]),
+                     default="fp32", show_default=True,
+                     help="Variant to run (bf16: OpenVINO on a CPU with native bf16)."),
+        click.option("--force-bf16", is_flag=True, help="Run bf16 even on a CPU without native bf16 (emulated: slow)."),
+        click.option("--tuning-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Tuning file for auto (default: $XDG_CACHE_HOME/vae-deploy/tuning.json)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def runtime_kwargs(engine: str, precision: str, force_bf16: bool, tuning_file: Path | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"engine": engine, "precision": precision, "force_bf16": force_bf16}
+    if tuning_file is not None:
+        out["tuning_file"] = tuning_file
+    return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import friendly_errors
+from vae_deploy.cli.options import engine_options, friendly_errors, runtime_kwargs
 
 
 @click.command()
@@ -14,19 +14,19 @@ from vae_deploy.cli.options import friendly_errors
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--seed", type=int, default=None)
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--precision", default="fp32", show_default=True)
+@engine_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write samples as .npy.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG grid.")
 @friendly_errors
-def sample(export_dir: Path, n: int, seed: int | None, provider: str, precision: str, out: Path | None,
-           grid: Path | None) -> None:
+def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: str, precision: str, force_bf16: bool,
+           tuning_file: Path | None, out: Path | None, grid: Path | None) -> None:
     """Draw samples from an exported decoder (z ~ N(0, I) in the host)."""
     from vae_deploy.images import save_grid, save_npy
     from vae_deploy.runtime import Runtime
 
-    rt = Runtime.load(export_dir, provider=provider, precision=precision)
+    rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
     x = rt.sample(n, seed=seed)
-    click.echo(f"{n} samples of shape {list(x.shape[1:])} on {rt.provider} ({rt.precision}), "
+    click.echo(f"{n} samples of shape {list(x.shape[1:])} on {rt.engine.label} ({rt.precision}), "
                f"range [{x.min():.3f}, {x.max():.3f}]")
     if out:
         click.echo(f"samples: {save_npy(out, x)}")
@@ -38,13 +38,15 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, precision:
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.argument("inputs", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@engine_options
 @click.option("--sample/--mean", "stochastic", default=False, help="Decode a posterior sample instead of the mean.")
 @click.option("--seed", type=int, default=None)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG: the inputs (captioned 'input') above their reconstructions.")
 @friendly_errors
-def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool, seed: int | None,
+def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, precision: str, force_bf16: bool,
+                tuning_file: Path | None, stochastic: bool, seed: int | None,
                 out: Path | None, grid: Path | None) -> None:
     """Encode and decode the examples in a .npy/.npz file."""
     import numpy as np
@@ -53,13 +55,13 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, stochastic: bool,
     from vae_deploy.images import save_labelled_grid, save_npy
     from vae_deploy.runtime import Runtime
 
-    rt = Runtime.load(export_dir, provider=provider)
+    rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
     x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli")
     if x.shape[1:] != rt.input_shape and x.ndim == 2 and x.shape[1] == int(np.prod(rt.input_shape)):
         x = x.reshape(-1, *rt.input_shape)
     x_hat = rt.reconstruct(x, sample=stochastic, seed=seed)
     err = float(np.abs(x_hat - x).mean())
-    click.echo(f"reconstructed {len(x)} examples on {rt.provider}: mean abs error {err:.4f}")
+    click.echo(f"reconstructed {len(x)} examples on {rt.engine.label}: mean abs error {err:.4f}")
     if out:
         click.echo(f"reconstructions: {save_npy(out, x_hat)}")
     if grid:

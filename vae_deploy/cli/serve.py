@@ -44,9 +44,11 @@ def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kin
 @click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (for comparison).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--engine", type=click.Choice(["onnxruntime", "openvino", "auto"]), default="onnxruntime",
+              show_default=True, help="What runs the graphs (auto: the tuned winner, see `vae-deploy tune`).")
 @friendly_errors
 def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-          max_delay_us: int, no_dynamic_batching: bool, provider: str) -> None:
+          max_delay_us: int, no_dynamic_batching: bool, provider: str, engine: str) -> None:
     """Serve encode, decode and sample on Triton (PyTriton) until Ctrl-C."""
     from vae_deploy.serve import ServeOptions
     from vae_deploy.serve import serve as run_server
@@ -56,9 +58,9 @@ def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_p
 
     def ready(server: Any) -> None:
         batching = "off" if no_dynamic_batching else f"on, max delay {max_delay_us} us"
-        click.echo(f"serving vae_encoder, vae_decoder, vae_sampler on {server.runtime.provider}: http {server.http_url}, "
+        click.echo(f"serving vae_encoder, vae_decoder, vae_sampler on {server.runtime.engine.label}: http {server.http_url}, "
                    f"grpc {server.grpc_url} (dynamic batching {batching}, max batch {max_batch})\n"
                    f"Triton log: {server.log_file}\nCtrl-C to stop", err=True)
 
-    run_server(export_dir, options, provider=provider, on_ready=ready)
+    run_server(export_dir, options, provider=provider, engine=engine, on_ready=ready)
     click.echo("stopped", err=True)

@@ -29,12 +29,14 @@ from vae_deploy.cli.options import (
 @click.option("--rtol", type=float, default=None, help="Override the precision's relative tolerance.")
 @click.option("--backends", default=None,
               help="Comma-separated subset, e.g. ort-cpu,torchscript,ort-cpu-int8 (names as in the report).")
+@click.option("--engine", "engines", type=click.Choice(["all", "onnxruntime", "openvino"]), default="all",
+              show_default=True, help="Which engines' backends to verify (all: every installed one).")
 @json_option
 @click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes, failures and worst case.")
 @user_model_options
 @friendly_errors
 def verify(export_dir: Path, checkpoint: Path | None, data: Path | None, batch_sizes: tuple[int, ...],
-           atol: float | None, rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool,
+           atol: float | None, rtol: float | None, backends: str | None, engines: str, json_path: Path | None, verbose: bool,
            model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
            latent_dim: int | None, likelihood: str | None) -> None:
     """Check integrity and parity (eager vs TorchScript vs ONNX Runtime); exit 1 on any failure.
@@ -51,7 +53,8 @@ def verify(export_dir: Path, checkpoint: Path | None, data: Path | None, batch_s
     reference = None if model_target is None else source
     wanted = [b.strip() for b in backends.split(",") if b.strip()] if backends else None
     result = verify_export(export_dir, checkpoint=checkpoint, reference=reference, batch_sizes=batch_sizes,
-                           atol=atol, rtol=rtol, backends=wanted, data=data)
+                           atol=atol, rtol=rtol, backends=wanted, data=data,
+                           engines=None if engines == "all" else [engines])
     click.echo(result.format(verbose=verbose), err=to_stdout(json_path))
     write_json(json_path, result.to_dict())
     if not result.passed:

@@ -11,6 +11,9 @@ from typing import Any
 PCT_METRICS = ("ceiling_fraction", "overhead_vs_bare", "batcher_ratio")
 
 
+PLOTS_SKIPPED = "plots skipped: matplotlib is not installed (pip install 'vae-deploy[bench]')"
+
+
 def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write the four files into ``out_dir``; returns their paths (PNGs only with matplotlib)."""
     out = Path(out_dir)
@@ -25,7 +28,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]
         paths["latency"] = plot(report, out / "latency.png", "latency")
         plots_note = ""
     except ImportError:
-        plots_note = "matplotlib is not installed (pip install 'vae-deploy[bench]'): no plots."
+        plots_note = PLOTS_SKIPPED
     paths["markdown"].write_text(markdown(report, plots_note))
     return paths
 
@@ -302,8 +305,10 @@ def plot(report: dict[str, Any], path: Path, kind: str) -> Path:
     ops = [op for op in report["config"]["ops"] if any(c["op"] == op for c in report["cells"])]
     backends = list(dict.fromkeys(c["backend"] for c in report["cells"]))
     sizes = list(report["config"]["batch_sizes"])
-    cmap = plt.get_cmap("tab10")
-    colors = {b: cmap(i % 10) for i, b in enumerate(backends)}
+    cmap = plt.get_cmap("tab20" if len(backends) > 10 else "tab10")
+    colors = {b: cmap(i % cmap.N) for i, b in enumerate(backends)}
+    markers = "osD^vP*Xh<>p"
+    marker = {b: markers[i % len(markers)] for i, b in enumerate(backends)}
     ncols, nrows = max(1, len(models)), max(1, len(ops))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.6 * nrows), squeeze=False)
     for r, op in enumerate(ops):
@@ -315,7 +320,7 @@ def plot(report: dict[str, Any], path: Path, kind: str) -> Path:
                 if not cells:
                     continue
                 xs = [c["batch_size"] for c in cells]
-                style = {"color": colors[b], "marker": "o", "ms": 4, "lw": 1.5,
+                style = {"color": colors[b], "marker": marker[b], "ms": 4, "lw": 1.5,
                          "ls": "--" if b.endswith("-bare") else "-"}
                 if kind == "throughput":
                     ax.plot(xs, [c["samples_per_s"] for c in cells], label=b, **style)
@@ -344,9 +349,12 @@ def plot(report: dict[str, Any], path: Path, kind: str) -> Path:
                 labels.append(lab)
     m = report["machine"]
     title = ("throughput (higher is better)" if kind == "throughput" else "latency (lower is better)")
-    fig.suptitle(f"vae-deploy {title} — {m['cpu_model']}, {m['usable_cores']} cores, {m['date'][:10]}", fontsize=11)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.07 if len(labels) <= 6 else 0.11, 1, 0.95))
-    fig.savefig(path, dpi=110)
+    # Title on two lines and the legend in its own column right of the panels; bbox_inches="tight"
+    # grows the saved image to whatever they need, so neither is cut at any number of backends.
+    fig.suptitle(f"vae-deploy {title}\n{m['cpu_model']}, {m['usable_cores']} cores, {m['date'][:10]}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, frameon=False,
+               title="backend", ncol=1 if len(labels) <= 3 * max(4, nrows * 4) else 2)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
     return path

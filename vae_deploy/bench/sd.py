@@ -1,0 +1,83 @@
+"""The workload that matters: a Stable-Diffusion-1.x-architecture ``AutoencoderKL``.
+
+diffusers' SD 1.x VAE layout (block_out_channels 128/256/512/512, 2 layers per block, 4 latent
+channels, 83.7 M parameters) with seeded random weights (no download: the cost is the
+architecture's, not the weights'), decoding a 4x32x32 latent to a 256x256 image at batch 1. Its
+ONNX export takes minutes, so it is cached under a folder keyed by a hash of the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vae_deploy.bench.models import BenchModel
+
+SD_NAME = "ref-sd-vae"
+SD_SEED = 0
+SD_CONFIG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "block_out_channels": [128, 256, 512, 512], "sample_size": 256,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+SD_DESCRIPTION = ("SD 1.x-architecture AutoencoderKL (diffusers; 128/256/512/512, 2 layers/block, 83.7 M params, "
+                  "seeded random weights): decode 4x32x32 -> 3x256x256")
+SD_OPS = ("sample",)
+SD_BATCH_SIZES = (1,)
+
+
+def sd_unavailable_reason() -> str | None:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as e:
+        return f"diffusers is not installed ({e}); pip install 'vae-deploy[byo]'"
+    return None
+
+
+def sd_model() -> Any:
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(SD_SEED)
+    return AutoencoderKL(**SD_CONFIG).eval()
+
+
+def sd_folder(cache_dir: Path) -> Path:
+    import onnxruntime as ort
+    import torch
+
+    from vae_deploy import __version__
+
+    key = json.dumps([SD_CONFIG, SD_SEED, torch.__version__, ort.__version__, __version__], sort_keys=True)
+    return cache_dir / f"{SD_NAME}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def prepare_sd(cache_dir: Path, log: Callable[[str], None] | None = None) -> BenchModel:
+    """Export once (ONNX only, fixed 256x256, no parity pass: the bench checks parity itself)."""
+    import torch
+
+    from vae_deploy.adapters import from_module
+    from vae_deploy.exporters import export
+    from vae_deploy.exporters.manifest import load_manifest
+
+    model = sd_model()
+    example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    ex = from_module(model, example, dynamic_spatial=False)
+    folder = sd_folder(cache_dir)
+    manifest = None
+    if (folder / "manifest.json").is_file():
+        try:
+            manifest = load_manifest(folder, verify=True)
+        except Exception:
+            manifest = None
+    if manifest is None:
+        if log:
+            log(f"exporting {SD_NAME} into {folder} (once; a few minutes)")
+        export(ex, folder, formats=("onnx",), verify=False)
+        manifest = load_manifest(folder, verify=True)
+    return BenchModel(name=SD_NAME, folder=folder, description=SD_DESCRIPTION, kind="reference", manifest=manifest,
+                      eager=(ex.encoder, ex.decoder), eager_note="diffusers eager, the same seeded random weights",
+                      ops=SD_OPS, batch_sizes=SD_BATCH_SIZES)

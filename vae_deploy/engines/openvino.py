@@ -1,0 +1,108 @@
+"""The OpenVINO engine: the export's own ONNX files, compiled for a device at f32 or bf16.
+
+No new artifact: OpenVINO reads ``decoder.onnx`` itself, and the precision is its
+``INFERENCE_PRECISION_HINT`` (bf16 runs on AVX512-BF16/AMX where the CPU has them). Compiled
+models can be cached (``CACHE_DIR``: OpenVINO keys the blobs by model, config and version). An
+``InferRequest`` is not thread-safe, so each thread gets its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vae_deploy.engines.base import Engine
+from vae_deploy.errors import ArtifactError, EngineError
+
+INSTALL_HINT = "pip install 'vae-deploy[openvino]'"
+HINTS = {"fp32": "f32", "fp32-fast": "f32", "int8": "f32", "fp16": "f32", "bf16": "bf16"}
+
+
+def import_openvino() -> Any:
+    try:
+        import openvino
+    except ImportError as e:
+        raise EngineError(f"engine 'openvino' needs the OpenVINO runtime, which is not installed ({e}); "
+                          f"install it with: {INSTALL_HINT}") from None
+    return openvino
+
+
+def version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__
+
+
+class OpenVinoEngine(Engine):
+    name = "openvino"
+
+    def __init__(self, encoder_path: Path, decoder_path: Path, *, precision: str = "fp32", device: str = "cpu",
+                 threads: int | None = None, cache_dir: str | Path | None = None) -> None:
+        if precision not in HINTS:
+            raise EngineError(f"engine 'openvino' runs precisions {list(HINTS)}, got {precision!r}")
+        ov = import_openvino()
+        self._core = ov.Core()
+        ov_device = device.upper()
+        if ov_device not in self._core.available_devices:
+            raise EngineError(f"OpenVINO device {device!r} is not available here (OpenVINO {ov.__version__} "
+                              f"sees {self._core.available_devices})")
+        self.device = device.lower()
+        self.precision = precision
+        self.threads = threads
+        self.cache_dir = str(cache_dir) if cache_dir else None
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+                                       "NUM_STREAMS": 1}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        if self.cache_dir:
+            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+            self.config["CACHE_DIR"] = self.cache_dir
+        self.encoder_model = self._compile(Path(encoder_path), ov_device)
+        self.decoder_model = self._compile(Path(decoder_path), ov_device)
+        self.version = ov.__version__
+        self._local = threading.local()
+
+    def _compile(self, path: Path, device: str) -> Any:
+        if not path.is_file():
+            raise ArtifactError(f"ONNX file {str(path)!r} does not exist")
+        try:
+            return self._core.compile_model(str(path), device, self.config)
+        except Exception as e:
+            raise ArtifactError(f"OpenVINO could not compile {str(path)!r} for {device}: {e}") from None
+
+    def _requests(self) -> tuple[Any, Any]:
+        reqs = getattr(self._local, "reqs", None)
+        if reqs is None:
+            reqs = self._local.reqs = (self.encoder_model.create_infer_request(),
+                                       self.decoder_model.create_infer_request())
+        return reqs
+
+    def declared_input(self, role: str) -> tuple[Any, ...]:
+        model = self.encoder_model if role == "encoder" else self.decoder_model
+        dims = model.input(0).get_partial_shape()
+        return tuple(d.get_length() if d.is_static else None for d in list(dims)[1:])
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        res = self._requests()[0].infer({0: x}, share_inputs=True)
+        mu, logvar = res.to_tuple()[:2]
+        return mu, logvar
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return self._requests()[1].infer({0: z}, share_inputs=True).to_tuple()[0]
+
+    def describe(self) -> dict[str, Any]:
+        actual = self.decoder_model.get_property("INFERENCE_PRECISION_HINT")
+        return {
+            "engine": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "inference_precision": str(actual),
+            "threads": self.threads or "OpenVINO default",
+            "cache_dir": self.cache_dir,
+            "version": self.version,
+        }
