@@ -29,3 +29,7 @@ class ArtifactError(VaeDeployError, ValueError):
 
 class ParityError(VaeDeployError, AssertionError):
     """Backends disagree beyond tolerance."""
+
+
+class TrainingError(VaeDeployError, RuntimeError):
+    """Training that cannot go on (a diverged loss, a device that is not there); nothing was written."""
