@@ -37,8 +37,8 @@ def test_image_folder_order_shape_and_channels(tmp_path):
     root = write_images(tmp_path / "gray")
     x = load_image_folder(root)
     assert x.dtype == np.uint8 and x.shape == (6, 1, 8, 12)
-    # sorted relative paths: img00, img02, img04 (top level) then b/img01, b/img03, b/img05
-    assert [int(v) for v in x[:, 0, 0, 0]] == [0, 2, 4, 1, 3, 5]
+    # sorted relative paths: b/img01, b/img03, b/img05, then img00, img02, img04 ("b/" < "img")
+    assert [int(v) for v in x[:, 0, 0, 0]] == [1, 3, 5, 0, 2, 4]
     assert x.shape == load_image_folder(root, channels=3).shape[:1] + (1, 8, 12)
     assert load_image_folder(root, channels=3).shape == (6, 3, 8, 12)
     rgb = write_images(tmp_path / "rgb", n=3, mode="RGB", sub=False)
