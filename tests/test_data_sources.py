@@ -74,6 +74,7 @@ def test_image_folder_dataset_keeps_uint8_and_rebuilds(tmp_path):
     assert ds.train_raw.dtype == np.uint8 and ds.train.dtype == np.float32
     assert ds.input_shape == (1, 8, 12) and len(ds.test_raw) == 2
     assert ds.spec.channels == 1 and ds.spec.image_size == (8, 12) and ds.spec.sha256
+    assert ds.spec.path == str(root.resolve())
     again = dataset_from_spec(ds.spec.to_dict())
     assert np.array_equal(again.test_raw, ds.test_raw)
     Image.fromarray(np.zeros((8, 12), np.uint8)).save(root / "img00.png")  # an image changed

@@ -33,7 +33,7 @@ BUILTIN = BUNDLED  # older name
 __all__ = [
     "BUILTIN", "BUNDLED", "IMAGE_SUFFIXES", "LAYOUTS", "DataSpec", "Dataset", "dataset_from_spec",
     "load_array_file", "load_dataset", "load_digits_array", "load_image_folder", "load_mnist_array",
-    "mnist_available", "resolve_layout", "split", "to_float", "validate_array",
+    "mnist_available", "resolve_data_path", "resolve_layout", "split", "to_float", "validate_array",
 ]
 
 
@@ -78,16 +78,28 @@ def load_dataset(
             f"unknown dataset {name!r}: expected one of {BUNDLED}, a .npy/.npz file or a folder of images"
         )
     train, test = split(arr, seed, test_fraction)
+    where = None if name in BUNDLED else str(path.resolve())
     spec = DataSpec(name=name, seed=seed, test_fraction=test_fraction, sha256=sha, layout=used_layout,
-                    image_size=image_size, channels=channels)
+                    image_size=image_size, channels=channels, path=where)
     return Dataset(train, test, spec, notes)
+
+
+def resolve_data_path(spec: dict[str, Any]) -> str:
+    """Where a recorded user file or folder is now: its absolute path when it still exists there,
+    else the name as given (relative to the working folder, as in checkpoints written before the
+    absolute path was recorded)."""
+    recorded = spec.get("path")
+    if recorded and Path(recorded).exists():
+        return recorded
+    return spec["name"]
 
 
 def dataset_from_spec(spec: dict[str, Any], *, bernoulli: bool = True) -> Dataset:
     """Rebuild the dataset a checkpoint was trained on; refuses a user file or folder that changed."""
     size = spec.get("image_size")
+    name = spec["name"] if spec["name"] in BUNDLED else resolve_data_path(spec)
     ds = load_dataset(
-        spec["name"], seed=int(spec["seed"]), test_fraction=float(spec["test_fraction"]), bernoulli=bernoulli,
+        name, seed=int(spec["seed"]), test_fraction=float(spec["test_fraction"]), bernoulli=bernoulli,
         layout=spec.get("layout"), image_size=tuple(size) if size else None, channels=spec.get("channels"),
     )
     if spec.get("sha256") and ds.spec.sha256 != spec["sha256"]:

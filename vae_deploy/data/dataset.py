@@ -19,7 +19,7 @@ from vae_deploy.errors import DataError
 class DataSpec:
     """Where the data came from and how it was split; JSON-able."""
 
-    name: str  # a bundled name ("digits", "mnist") or a file/folder path
+    name: str  # a bundled name ("digits", "mnist") or a file/folder path, as the user gave it
     seed: int = 0
     test_fraction: float = 0.2
     sha256: str | None = None  # of a user file or folder, to notice when it changed
@@ -27,6 +27,7 @@ class DataSpec:
     layout: str | None = None  # "nchw" or "nhwc", as given or detected
     image_size: tuple[int, int] | None = None  # image folders: resized to (H, W)
     channels: int | None = None  # image folders: 1 (grayscale) or 3 (RGB)
+    path: str | None = None  # a user file's or folder's absolute path: resolves from any working folder
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
