@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 # The demo trains the conv VAE on real 28x28 MNIST digits when the mnist extra is installed
 # (the dev extra includes it), else the MLP on the bundled 8x8 digits.
-DEMO_MNIST := --data mnist --family conv --latent-dim 16 --epochs 40 --keep best --patience 8
+DEMO_MNIST := --data mnist --family conv --latent-dim 16 --epochs 20 --keep best --patience 5
 demo: install
 	if $(PYTHON) -c "import sys; from vae_deploy.data import mnist_available; sys.exit(not mnist_available())"; \
 	then $(BIN)/vae-deploy train $(DEMO_MNIST) --out runs/demo/ckpt.pt; \
