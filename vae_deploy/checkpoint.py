@@ -3,7 +3,8 @@
     {"format": {"name": "vae-deploy-checkpoint", "version": 1},
      "config": {...VAEConfig as JSON types...},
      "state_dict": {name: tensor},
-     "meta": {"data": DataSpec, "train": {...}, "metrics": {...}, "versions": {...}}}
+     "meta": {"data": DataSpec, "train": {...}, "metrics": {...}, "history": [...], "versions": {...}},
+     "train_state": {...} or absent}  # epoch, Adam state, RNG state: what `train --resume` needs
 
 No pickled classes or functions: loading never runs code, and a file that tries to is
 refused with a clear error before anything in it executes.
@@ -36,6 +37,7 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     sha256: str | None = None
+    train_state: dict[str, Any] | None = None  # for `train --resume`; None when written without one
 
     def build_model(self) -> VAE:
         """A VAE in eval mode with the checkpoint's weights."""
@@ -64,9 +66,9 @@ def library_versions() -> dict[str, str]:
 
 
 def save_checkpoint(
-    path: str | Path, model: VAE, meta: dict[str, Any] | None = None
+    path: str | Path, model: VAE, meta: dict[str, Any] | None = None, *, train_state: dict[str, Any] | None = None
 ) -> Path:
-    """Save atomically; the file never holds anything but tensors and JSON types."""
+    """Save atomically; the file never holds anything but tensors and JSON types (and tuples)."""
     path = Path(path)
     payload = {
         "format": {"name": FORMAT_NAME, "version": FORMAT_VERSION},
@@ -74,6 +76,8 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
         "meta": {"versions": library_versions(), **(meta or {})},
     }
+    if train_state is not None:
+        payload["train_state"] = train_state
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -130,6 +134,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"checkpoint {str(p)!r}: state_dict entries are not tensors: {bad[:5]}")
-    ckpt = Checkpoint(config, sd, obj["meta"], path=p.resolve(), sha256=file_sha256(p))
+    state = obj.get("train_state")
+    if state is not None and not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {str(p)!r}: entry 'train_state' is not a dict")
+    ckpt = Checkpoint(config, sd, obj["meta"], path=p.resolve(), sha256=file_sha256(p), train_state=state)
     ckpt.build_model()  # validates that the weights fit the config
     return ckpt

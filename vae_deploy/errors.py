@@ -33,3 +33,5 @@ class ParityError(VaeDeployError, AssertionError):
 
 class EngineError(VaeDeployError, RuntimeError):
     """An engine, device or precision that cannot run here (missing extra, no native bf16, ...)."""
+class TrainingError(VaeDeployError, RuntimeError):
+    """Training that cannot go on (a diverged loss, a device that is not there); nothing was written."""
