@@ -21,7 +21,7 @@ from vae_deploy.exporters.spec import META_PREFIX, Exportable, parse_shape
 from vae_deploy.parity import DEFAULT_TOLERANCES, compare_backends, format_report
 
 SCHEMA = "vae-deploy-verify/1"
-DEFAULT_BATCH_SIZES = (1, 7, 64, 257)
+DEFAULT_BATCH_SIZES = (1, 7, 64, 257)  # the candidates; verify keeps those the model's cost affords
 
 
 def check_integrity(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +76,11 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     from vae_deploy.adapters import from_checkpoint
     from vae_deploy.checkpoint import load_checkpoint
 
-    adapter = (manifest["model"].get("config") or {}).get("adapter")
+    config = manifest["model"].get("config") or {}
+    adapter = config.get("adapter")
+    folder = (config.get("diffusers") or {}).get("path")
+    if adapter and checkpoint is None and folder:
+        return _diffusers_reference(manifest, folder, config["diffusers"].get("subfolder"))
     if adapter and checkpoint is None:
         raise ArtifactError(
             f"this export came from your own module (adapter {adapter!r}, class "
@@ -90,6 +94,21 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     if not Path(path).is_file():
         raise ArtifactError(f"the reference checkpoint {str(path)!r} recorded in the manifest is gone; pass --checkpoint")
     return from_checkpoint(load_checkpoint(path)), str(path)
+
+
+def _diffusers_reference(manifest: dict[str, Any], folder: str, subfolder: str | None) -> tuple[Exportable, str]:
+    """The diffusers folder the export came from, probed at the export's example size."""
+    from vae_deploy.adapters import from_diffusers
+
+    if not Path(folder).is_dir():
+        raise ArtifactError(f"the diffusers folder {folder!r} recorded in the manifest is gone; pass --diffusers FOLDER")
+    m = manifest["model"]
+    config = m.get("config") or {}
+    names = {k: config.get(f"{k}_fn") for k in ("encode", "decode")}
+    exp = from_diffusers(folder, subfolder, input_shape=tuple(m["example_input_shape"]),
+                         likelihood=m.get("likelihood") if config.get("likelihood_stated") else None,
+                         encode_fn=names["encode"], decode_fn=names["decode"])
+    return exp, exp.spec.source_path
 
 
 def _candidates(folder: Path, manifest: dict[str, Any], spec, wanted: Sequence[str] | None):
@@ -133,14 +152,33 @@ def verify_export(
     *,
     checkpoint: str | Path | None = None,
     reference: Exportable | None = None,
-    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    batch_sizes: Sequence[int] | None = None,
     atol: float | None = None,
     rtol: float | None = None,
     backends: Sequence[str] | None = None,
+    strict_edges: bool = False,
+    time_budget_s: float | None = None,
+    progress: bool | None = None,
 ) -> dict[str, Any]:
-    """Integrity + contract + parity of every backend against the eager reference."""
+    """Integrity + contract + parity of every backend against the eager reference.
+
+    ``batch_sizes=None``: sized to the model (:func:`vae_deploy.parity_plan.batch_sizes_for`,
+    within ``time_budget_s`` per backend). A failing constant-input edge case on a model with
+    GroupNorm becomes a warning when every real-data case passes, unless ``strict_edges``.
+    ``progress``: print each backend and case on stderr (None: when stderr is a terminal)."""
     from vae_deploy.backends import TorchBackend
     from vae_deploy.exporters import verification_data
+    from vae_deploy.parity_plan import (
+        DEFAULT_TIME_BUDGET_S,
+        CasePlan,
+        MemoBackend,
+        demote_knife_edges,
+        estimated_seconds,
+        graph_flops,
+        has_normalisation,
+        plan_cases,
+    )
+    from vae_deploy.progress import Progress
 
     folder = Path(export_dir)
     manifest = load_manifest(folder, verify=False)
@@ -150,8 +188,23 @@ def verify_export(
         ref_path = reference.spec.source_path or "<in-memory model>"
     integrity = check_integrity(folder, manifest)
     contract = check_contract(folder, manifest, reference)
-    eager = TorchBackend(reference.encoder, reference.decoder, reference.spec, name="eager")
+    prog = Progress("verify", progress)
+    eager = MemoBackend(TorchBackend(reference.encoder, reference.decoder, reference.spec, name="eager"))
     x_data, described = verification_data(reference.spec, reference.example_x)
+    sizing: dict[str, Any] = {"batch_sizes": "given"}
+    if batch_sizes is None:
+        budget = DEFAULT_TIME_BUDGET_S if time_budget_s is None else time_budget_s
+        flops = None
+        if integrity["passed"]:
+            flops = graph_flops(folder, reference.spec.concrete_input_shape, _latent_shape_of(reference))
+        plan = plan_cases(flops, budget_s=budget)
+        sizing = {"batch_sizes": "sized to the model", "flops_per_example": flops, "time_budget_s": budget,
+                  "estimated_s_per_backend": estimated_seconds(flops, plan)}
+    else:
+        plan = CasePlan(tuple(batch_sizes))
+    sizing.update(chosen=list(plan.batch_sizes), edge_batch=plan.edge_batch, recon_n=plan.recon_n)
+    knife_edge_ok = not strict_edges and (has_normalisation(reference.encoder) or has_normalisation(reference.decoder))
+    warnings: list[str] = []
     reports = []
     for label, precision, factory in _candidates(folder, manifest, reference.spec, backends):
         tol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
@@ -165,8 +218,13 @@ def verify_export(
             reports.append({"candidate": label, "precision": precision, "error": f"cannot load: {e}",
                             "summary": {"passed": False, "max_abs_error": None, "failed": ["load"]}})
             continue
-        reports.append(compare_backends(eager, cand, x_data, batch_sizes=batch_sizes, tolerance=tol,
-                                        precision=precision, data_description=described))
+        with prog.stage(f"{label} against eager, batch sizes {list(plan.batch_sizes)}"):
+            report = compare_backends(eager, cand, x_data, tolerance=tol, precision=precision,
+                                      data_description=described, on_case=lambda name: prog.say(f"  case {name}"),
+                                      **plan.as_kwargs())
+        if knife_edge_ok:
+            warnings += demote_knife_edges(report)
+        reports.append(report)
     passed = integrity["passed"] and contract["passed"] and bool(reports) and all(
         r["summary"]["passed"] for r in reports)
     return {
@@ -176,6 +234,8 @@ def verify_export(
         "integrity": integrity,
         "contract": contract,
         "reports": reports,
+        "sizing": sizing,
+        "warnings": warnings,
         "passed": passed,
     }
 
@@ -195,6 +255,8 @@ def format_verification(result: dict[str, Any], verbose: bool = False) -> str:
             lines.append(f"{r['candidate']}: FAIL, {r['error']}")
         else:
             lines.append(format_report(r, verbose=verbose))
+    for w in result.get("warnings", []):
+        lines.append(f"warning: {w}")
     lines.append("RESULT: " + ("PASS" if result["passed"] else "FAIL"))
     return "\n".join(lines)
 
@@ -211,3 +273,8 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+
+def _latent_shape_of(reference: Exportable) -> tuple[int, ...]:
+    """The reference's latent shape at its example size (what the decoder cases run at)."""
+    return tuple(int(d) for d in reference.example_z.shape[1:])

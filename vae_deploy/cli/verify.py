@@ -15,26 +15,39 @@ from vae_deploy.errors import VaeDeployError
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Reference checkpoint (default: the one recorded in the manifest).")
-@click.option("--batch-sizes", callback=ints, default="1,7,64,257", show_default=True)
+@click.option("--batch-sizes", callback=ints, default=None,
+              help="Comma-separated batch sizes (default: those of 1,7,64,257 that the model's cost affords within "
+                   "--time-budget).")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Seconds of parity work per backend the default batch sizes are sized to (default 20).")
+@click.option("--strict-edges", is_flag=True,
+              help="Fail on constant-input edge cases too (by default, on GroupNorm models whose real-data cases "
+                   "pass, they are warnings).")
 @click.option("--atol", type=float, default=None, help="Override the precision's absolute tolerance.")
 @click.option("--rtol", type=float, default=None, help="Override the precision's relative tolerance.")
 @click.option("--backends", default=None, help="Comma-separated subset, e.g. onnx-cpu,torchscript.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 @click.option("-v", "--verbose", is_flag=True, help="Show every case, not only the extremes and failures.")
 @user_model_options
-def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ...], atol: float | None,
+def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ...] | None,
+           time_budget: float | None, strict_edges: bool, atol: float | None,
            rtol: float | None, backends: str | None, json_path: Path | None, verbose: bool,
            model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
-           latent_dim: int | None, likelihood: str | None) -> None:
+           latent_dim: int | None, likelihood: str | None, diffusers_path: Path | None, subfolder: str | None,
+           encode_fn: str | None, decode_fn: str | None) -> None:
     """Check integrity and parity (eager vs TorchScript vs ONNX); exit 1 on any failure."""
     from vae_deploy.verify import format_verification, verify_export
 
     try:
+        if input_shape is None and (model_target or diffusers_path):
+            input_shape = _example_shape(export_dir)
         source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood,
-                         checkpoint_flag="--checkpoint")
-        reference = None if model_target is None else source
+                              checkpoint_flag="--checkpoint", diffusers_path=diffusers_path, subfolder=subfolder,
+                              encode_fn=encode_fn, decode_fn=decode_fn)
+        reference = None if model_target is None and diffusers_path is None else source
         result = verify_export(export_dir, checkpoint=checkpoint, reference=reference, batch_sizes=batch_sizes,
-                               atol=atol, rtol=rtol, backends=backends.split(",") if backends else None)
+                               atol=atol, rtol=rtol, backends=backends.split(",") if backends else None,
+                               strict_edges=strict_edges, time_budget_s=time_budget, progress=True)
     except VaeDeployError as e:
         raise click.ClickException(str(e)) from None
     click.echo(format_verification(result, verbose=verbose))
@@ -44,3 +57,12 @@ def verify(export_dir: Path, checkpoint: Path | None, batch_sizes: tuple[int, ..
         click.echo(f"report: {json_path}")
     if not result["passed"]:
         raise SystemExit(1)
+
+
+def _example_shape(export_dir: Path) -> tuple[int, ...] | None:
+    """The per-example input shape the export was traced and checked at: verify's default size
+    (not the model's ``sample_size``, 512 for Stable Diffusion: hours of CPU)."""
+    from vae_deploy.artifacts import load_manifest
+
+    shape = load_manifest(export_dir, verify=False).get("model", {}).get("example_input_shape")
+    return tuple(int(d) for d in shape) if shape and all(int(d) > 0 for d in shape) else None
