@@ -65,8 +65,7 @@ class Backend:
             if not ok or tile % (4 * ratio):
                 raise ValueError(f"tile is in image pixels here: a positive multiple of {4 * ratio} (4 x the "
                                  f"image/latent ratio {ratio}), got {tile!r}")
-            latent_tile = tile // ratio
-            mu, logvar = tiled(lambda c: self._chunked(self._encode, c, 2), x, latent_tile * ratio, 1 / ratio, 2)
+            mu, logvar = tiled(lambda c: self._chunked(self._encode, c, 2), x, int(tile), 1 / ratio, 2)
         elif 0 < x.shape[0] <= self.max_batch:  # one chunk: skip the chunking machinery
             mu, logvar = self._encode(x)
         else:
