@@ -25,6 +25,8 @@ class ExportSpec:
     likelihood: str = "bernoulli"
     family: str = "mlp"
     scaling_factor: float = 1.0
+    # diffusers' latent shift (SD3, Flux): a pipeline's latent is (z - shift_factor) * scaling_factor.
+    shift_factor: float = 0.0
     # Names of dynamic axes beyond the batch: e.g. ("height", "width") for diffusers VAEs.
     dynamic_axes: tuple[str, ...] = ("batch",)
     source_sha256: str = ""
@@ -79,6 +81,7 @@ class ExportSpec:
             f"{META_PREFIX}precision": precision,
             f"{META_PREFIX}dynamic_axes": ",".join(self.dynamic_axes),
             f"{META_PREFIX}scaling_factor": repr(float(self.scaling_factor)),
+            f"{META_PREFIX}shift_factor": repr(float(self.shift_factor)),
             f"{META_PREFIX}example_input_shape": shape(self.concrete_input_shape),
             f"{META_PREFIX}example_latent_shape": shape(self.concrete_latent_shape),
             f"{META_PREFIX}source_sha256": self.source_sha256,

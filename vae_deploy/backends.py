@@ -17,6 +17,10 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.artifacts import ExportSpec
+from vae_deploy.tiling import check_tile, spatial_ratio, tiled
+
+#: ``latents=`` of encode/decode: the VAE's own latents, or a diffusion pipeline's scaled ones.
+LATENT_SCALES = ("raw", "scaled")
 
 
 def _fmt(shape: Sequence[int]) -> str:
@@ -54,32 +58,77 @@ class Backend:
         raise NotImplementedError
 
     # --- public API ----------------------------------------------------------------------
-    def encode(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
-        """x ``[N, *input_shape]`` (or one example) -> (mu, logvar) ``[N, *latent_shape]``."""
+    def encode(self, x: Any, *, tile: int | None = None, latents: str = "raw") -> tuple[np.ndarray, np.ndarray]:
+        """x ``[N, *input_shape]`` (or one example) -> (mu, logvar) ``[N, *latent_shape]``.
+
+        ``tile``: encode in overlapping image tiles of this size (diffusers' ``tiled_encode``
+        with ``tile_sample_min_size=tile``; a multiple of 4x the image/latent ratio), so memory
+        follows the tile, not the image. ``latents="scaled"``: return the posterior of
+        ``(z - shift_factor) * scaling_factor``, the latents a diffusion pipeline works with."""
         x, single = self._prepare(x, self.input_shape, "x")
-        if 0 < x.shape[0] <= self.max_batch:  # one chunk: skip the chunking machinery
+        if tile is not None:
+            ratio = spatial_ratio(self.spec)
+            ok = isinstance(tile, (int, np.integer)) and not isinstance(tile, bool) and tile > 0
+            if not ok or tile % (4 * ratio):
+                raise ValueError(f"tile is in image pixels here: a positive multiple of {4 * ratio} (4 x the "
+                                 f"image/latent ratio {ratio}), got {tile!r}")
+            mu, logvar = tiled(lambda c: self._chunked(self._encode, c, 2), x, int(tile), 1 / ratio, 2)
+        elif 0 < x.shape[0] <= self.max_batch:  # one chunk: skip the chunking machinery
             mu, logvar = self._encode(x)
         else:
             mu, logvar = self._chunked(self._encode, x, 2)
+        if latents != "raw":
+            mu, logvar = self._scale_posterior(mu, logvar, latents)
         return (mu[0], logvar[0]) if single else (mu, logvar)
 
-    def decode(self, z: Any) -> np.ndarray:
-        """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``."""
+    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw") -> np.ndarray:
+        """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``.
+
+        ``tile``: decode in overlapping latent tiles of this size (diffusers' ``tiled_decode``
+        with ``tile_latent_min_size=tile``; a multiple of 4). ``latents="scaled"``: ``z`` is a
+        diffusion pipeline's latent, ``(z_vae - shift_factor) * scaling_factor``; it is
+        unscaled with the factors recorded at export before decoding."""
         z, single = self._prepare(z, self.latent_shape, "z")
-        if 0 < z.shape[0] <= self.max_batch:
+        if latents != "raw":
+            z = self._unscale(z, latents)
+        if tile is not None:
+            (x_hat,) = tiled(self._decode_chunks, z, check_tile(tile, "tile"), spatial_ratio(self.spec), 1)
+        elif 0 < z.shape[0] <= self.max_batch:
             x_hat = self._decode(z)
         else:
             (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
         return x_hat[0] if single else x_hat
 
-    def sample(self, n: int, seed: int | None = None, latent_shape: Sequence[int] | None = None) -> np.ndarray:
+    def _decode_chunks(self, z: np.ndarray) -> list[np.ndarray]:
+        return self._chunked(lambda c: (self._decode(c),), z, 1)
+
+    def _factors(self, latents: str) -> tuple[float, float]:
+        if latents not in LATENT_SCALES:
+            raise ValueError(f"latents must be one of {LATENT_SCALES}, got {latents!r}")
+        return float(self.spec.scaling_factor), float(getattr(self.spec, "shift_factor", 0.0))
+
+    def _unscale(self, z: np.ndarray, latents: str) -> np.ndarray:
+        """A pipeline's scaled latent back to the VAE's: ``z / scaling_factor + shift_factor``."""
+        scale, shift = self._factors(latents)
+        return np.ascontiguousarray(z / np.float32(scale) + np.float32(shift), dtype=np.float32)
+
+    def _scale_posterior(self, mu: np.ndarray, logvar: np.ndarray, latents: str) -> tuple[np.ndarray, np.ndarray]:
+        """The posterior of ``(z - shift) * scale``: the mean moves and scales, the variance scales by scale**2."""
+        scale, shift = self._factors(latents)
+        return ((mu - np.float32(shift)) * np.float32(scale)).astype(np.float32), \
+            (logvar + np.float32(2 * math.log(abs(scale)))).astype(np.float32)
+
+    def sample(self, n: int, seed: int | None = None, latent_shape: Sequence[int] | None = None, *,
+               tile: int | None = None) -> np.ndarray:
         """Draw ``n`` samples: z ~ N(0, I) in the host (seeded: reproducible), then decode.
 
         With a dynamic latent (a spatial VAE's ``[C, -1, -1]``) the size of z decides the size
         of the samples: ``latent_shape`` picks it (e.g. ``(4, 24, 24)``), by default the
-        example latent shape recorded at export.
+        example latent shape recorded at export. ``tile``: decode tiled (see :meth:`decode`).
         """
         z = self.noise((n, *self.sample_latent_shape(latent_shape)), seed)
+        if tile is not None:
+            return self.decode(z, tile=tile)
         if 0 < n <= self.max_batch:
             return self._decode(z)
         (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
@@ -98,14 +147,25 @@ class Backend:
             raise ValueError(f"latent_shape must fit {_fmt(self.latent_shape)} with positive sizes, got {list(shape)}")
         return shape
 
-    def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None) -> np.ndarray:
-        """Decode the posterior mean (default) or a reparameterised posterior sample."""
+    def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None, *,
+                    tile: int | None = None) -> np.ndarray:
+        """Decode the posterior mean (default) or a reparameterised posterior sample.
+
+        ``tile``: the latent tile size; the image is encoded in tiles of ``tile`` times the
+        image/latent ratio and decoded in latent tiles of ``tile`` (see :meth:`decode`)."""
         x, single = self._prepare(x, self.input_shape, "x")
-        mu, logvar = self._chunked(self._encode, x, 2)
+        if tile is not None:
+            check_tile(tile, "tile")
+            mu, logvar = self.encode(x, tile=tile * spatial_ratio(self.spec))
+        else:
+            mu, logvar = self._chunked(self._encode, x, 2)
         z = mu
         if sample:
             z = (mu + np.exp(0.5 * logvar) * self.noise(mu.shape, seed)).astype(np.float32)
-        (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        if tile is not None:
+            x_hat = self.decode(z, tile=tile)
+        else:
+            (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
         return x_hat[0] if single else x_hat
 
     def noise(self, shape: Sequence[int], seed: int | None = None) -> np.ndarray:

@@ -13,7 +13,7 @@ The export-time check (``vae-deploy export``) and ``vae-deploy verify`` both cal
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -127,7 +127,7 @@ class Case:
 
 def make_cases(
     x_data: np.ndarray, latent_shape: Sequence[int], batch_sizes: Iterable[int], *, seed: int = 0,
-    edge_cases: bool = True, data_label: str = "real",
+    edge_cases: bool = True, data_label: str = "real", edge_batch: int = 4, recon_n: int = 64,
 ) -> list[Case]:
     """The standard input set: real data for the encoder, seeded N(0, I) for the decoder, and edges.
 
@@ -145,13 +145,14 @@ def make_cases(
         cases.append(Case("decoder", "normal", bs, rng.standard_normal((bs, *latent_shape), dtype=np.float32)))
     if edge_cases:
         shape = x_data.shape[1:]
-        cases.append(Case("encoder", "zeros", 4, np.zeros((4, *shape), np.float32)))
-        cases.append(Case("encoder", "ones", 4, np.ones((4, *shape), np.float32)))
-        cases.append(Case("decoder", "+4sigma", 4, np.full((4, *latent_shape), 4.0, np.float32)))
-        cases.append(Case("decoder", "-4sigma", 4, np.full((4, *latent_shape), -4.0, np.float32)))
+        e = edge_batch
+        cases.append(Case("encoder", "zeros", e, np.zeros((e, *shape), np.float32)))
+        cases.append(Case("encoder", "ones", e, np.ones((e, *shape), np.float32)))
+        cases.append(Case("decoder", "+4sigma", e, np.full((e, *latent_shape), 4.0, np.float32)))
+        cases.append(Case("decoder", "-4sigma", e, np.full((e, *latent_shape), -4.0, np.float32)))
         alt = np.where(np.arange(math.prod(latent_shape)) % 2 == 0, 4.0, -4.0).astype(np.float32)
-        cases.append(Case("decoder", "alternating4sigma", 4, np.tile(alt.reshape(latent_shape), (4,) + (1,) * len(latent_shape))))
-        n = min(64, len(x_data))
+        cases.append(Case("decoder", "alternating4sigma", e, np.tile(alt.reshape(latent_shape), (e,) + (1,) * len(latent_shape))))
+        n = min(recon_n, len(x_data))
         cases.append(Case("reconstruct", data_label, n, _batch(x_data, n)))
     return cases
 
@@ -215,13 +216,22 @@ def compare_backends(
     elbo: bool = True,
     data_description: str = "",
     data_label: str = "real",
+    on_case: Callable[[str], None] | None = None,
+    edge_batch: int = 4,
+    recon_n: int = 64,
 ) -> dict[str, Any]:
-    """Run the standard cases through both backends and return the JSON-able report."""
+    """Run the standard cases through both backends and return the JSON-able report.
+
+    ``on_case(name)`` is called before each case runs (progress display); ``edge_batch`` and
+    ``recon_n`` size the edge and reconstruction cases (smaller for costly models)."""
     tol = tolerance or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
     latent_shape = concrete_latent_shape(reference, x_data)
-    cases = make_cases(x_data, latent_shape, batch_sizes, seed=seed, edge_cases=edge_cases, data_label=data_label)
+    cases = make_cases(x_data, latent_shape, batch_sizes, seed=seed, edge_cases=edge_cases, data_label=data_label,
+                       edge_batch=edge_batch, recon_n=recon_n)
     results = []
     for case in cases:
+        if on_case is not None:
+            on_case(case.name)
         entry: dict[str, Any] = {"name": case.name, "graph": case.graph, "input": case.input,
                                  "batch_size": case.batch_size}
         try:

@@ -145,10 +145,11 @@ class Runtime(Backend):
                     f"metadata/manifest says [N, {', '.join(map(str, item))}]"
                 )
 
-    def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None) -> np.ndarray:
+    def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None, *,
+                    tile: int | None = None) -> np.ndarray:
         """On CUDA the posterior mean stays on the device between encoder and decoder."""
-        if not self._use_iobinding or sample:
-            return super().reconstruct(x, sample=sample, seed=seed)
+        if not self._use_iobinding or sample or tile is not None:
+            return super().reconstruct(x, sample=sample, seed=seed, tile=tile)
         x, single = self._prepare(x, self.input_shape, "x")
         (x_hat,) = self._chunked(lambda c: (self.engine.reconstruct_on_device(c),), x, 1)  # type: ignore[attr-defined]
         return x_hat[0] if single else x_hat
@@ -175,6 +176,7 @@ def spec_from_session(sess: Any) -> ExportSpec:
             likelihood=meta.get(f"{META_PREFIX}likelihood", "bernoulli"),
             family=meta.get(f"{META_PREFIX}family", ""),
             scaling_factor=float(meta.get(f"{META_PREFIX}scaling_factor", "1.0")),
+            shift_factor=float(meta.get(f"{META_PREFIX}shift_factor", "0.0")),
             dynamic_axes=tuple(meta.get(f"{META_PREFIX}dynamic_axes", "batch").split(",")),
             example_input_shape=parse_shape(meta.get(f"{META_PREFIX}example_input_shape", "")),
             example_latent_shape=parse_shape(meta.get(f"{META_PREFIX}example_latent_shape", "")),

@@ -42,7 +42,27 @@ class Adapter:
     description: str
 
     def halves(self, module: nn.Module) -> tuple[Any, Any]:
-        return getattr(module, self.encode_attr, None), getattr(module, self.decode_attr, None)
+        return _resolve(module, self.encode_attr), _resolve(module, self.decode_attr)
+
+
+def _resolve(obj: Any, dotted: str) -> Any:
+    """``obj.a.b`` for ``"a.b"``; None when a step is missing."""
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def named_adapter(encode_fn: str | None, decode_fn: str | None) -> Adapter:
+    """The adapter for ``--encode-fn``/``--decode-fn``: methods or submodules by name (dotted
+    paths reach into submodules, e.g. ``vae.encode``); an unnamed half keeps ``encode``/``decode``."""
+    enc, dec = encode_fn or "encode", decode_fn or "decode"
+    for name in (enc, dec):
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ConfigError(f"--encode-fn/--decode-fn must be attribute names (e.g. encode_image or vae.encode), "
+                              f"got {name!r}")
+    return Adapter("named", enc, dec, f"named: {enc}(x) and {dec}(z)")
 
 
 ADAPTERS = (
@@ -63,7 +83,7 @@ class Probe:
     notes: list[str] = field(default_factory=list)
 
 
-def _run_halves(module: nn.Module, adapter: Adapter, x: torch.Tensor) -> Probe:
+def _run_halves(module: nn.Module, adapter: Adapter, x: torch.Tensor, check_determinism: bool = True) -> Probe:
     """Run encode then decode(mu) through ``adapter``; raises NoFit naming what went wrong."""
     enc, dec = adapter.halves(module)
     call_e, call_d = f"module.{adapter.encode_attr}(x)", f"module.{adapter.decode_attr}(mu)"
@@ -92,7 +112,7 @@ def _run_halves(module: nn.Module, adapter: Adapter, x: torch.Tensor) -> Probe:
     if x_hat.shape != x.shape:
         raise NoFit(f"{call_d} returned x_hat {describe(x_hat)} for x {describe(x)}: the contract needs "
                     "x_hat of the input's shape")
-    again = as_gaussian(enc(x))
+    again = as_gaussian(enc(x)) if check_determinism else (mu, logvar)
     if not (torch.equal(again[0], mu) and torch.equal(again[1], logvar)):
         raise NoFit(f"{call_e} is not deterministic (two calls on the same x differ): it must return the "
                     "posterior's parameters, not a sample; noise is the host's job")
@@ -103,11 +123,12 @@ def _missing(attr: str, found: Any) -> str:
     return f"module has no callable {attr!r}" + ("" if found is None else f" (it is a {type(found).__name__})")
 
 
-def detect(module: nn.Module, x: torch.Tensor) -> Probe:
-    """The first adapter that fits ``module`` on ``x``; ConfigError listing every attempt otherwise."""
+def detect(module: nn.Module, x: torch.Tensor, adapters: tuple[Adapter, ...] = ADAPTERS) -> Probe:
+    """The first adapter that fits ``module`` on ``x``; ConfigError listing every attempt otherwise,
+    with the smallest wrapper that would make the module fit."""
     reasons = []
     with torch.no_grad():
-        for adapter in ADAPTERS:
+        for adapter in adapters:
             try:
                 return _run_halves(module, adapter, x)
             except NoFit as e:
@@ -117,12 +138,13 @@ def detect(module: nn.Module, x: torch.Tensor) -> Probe:
         + "\n".join(reasons)
         + "\nAn exportable VAE provides encode(x) (or an encoder submodule) returning "
         + ", or ".join(GAUSSIAN_FORMS) + "; and decode(z) (or a decoder submodule) returning "
-        + ", or ".join(TENSOR_FORMS) + ", of the input's shape."
+        + ", or ".join(TENSOR_FORMS) + ", of the input's shape (other method names: --encode-fn/--decode-fn).\n"
+        + suggest_wrapper(module, adapters[0], x)
     )
 
 
 def _dynamic_spatial(module: nn.Module, probe: Probe, x: torch.Tensor, wanted: bool | None) -> tuple[int, ...]:
-    """Latent axes that follow the input's spatial axes, found by probing at twice the size.
+    """Latent axes that follow the input's spatial axes, found by probing at another size.
 
     Returns () when the export stays fixed-size. ``wanted=None`` (auto) tries it for 4-D
     inputs with a spatial latent and stays fixed-size, with a note, if the probe fails;
@@ -133,12 +155,17 @@ def _dynamic_spatial(module: nn.Module, probe: Probe, x: torch.Tensor, wanted: b
         return ()
     if spatial < 1 or spatial > 3:
         raise ConfigError(f"dynamic spatial axes need an input [N, C, *spatial] with 1-3 spatial axes, got {describe(x)}")
-    big = x
-    for axis in range(2, x.ndim):
-        big = big.repeat_interleave(2, dim=axis)
+    second, big = None, x
+    for big in _other_sizes(x[:1]):  # one example: only the shapes matter here
+        try:
+            with torch.no_grad():
+                second = _run_halves(module, probe.adapter, big, check_determinism=False)
+            break
+        except NoFit as e:
+            failure = e
     try:
-        with torch.no_grad():
-            second = _run_halves(module, probe.adapter, big)
+        if second is None:
+            raise failure
         changed = tuple(i for i, (a, b) in enumerate(zip(probe.mu.shape[1:], second.mu.shape[1:])) if a != b)
         if len(changed) != spatial or probe.mu.ndim != second.mu.ndim:
             raise NoFit(f"mu went from {describe(probe.mu)} to {describe(second.mu)}: its axes do not follow the "
@@ -146,12 +173,24 @@ def _dynamic_spatial(module: nn.Module, probe: Probe, x: torch.Tensor, wanted: b
     except NoFit as e:
         if wanted:
             raise ConfigError(f"dynamic height/width requested, but the probe at input {describe(big)} failed: {e}") from None
-        probe.notes.append(f"fixed spatial size: the probe at twice the size failed ({e})")
+        probe.notes.append(f"fixed spatial size: the probe at input {describe(big)} failed ({e})")
         return ()
     return changed
 
 
-def _scaling(module: nn.Module) -> tuple[float, dict[str, float]]:
+def _other_sizes(x: torch.Tensor) -> list[torch.Tensor]:
+    """``x`` at half its spatial size (when every spatial axis is even and at least 16: the
+    cheapest probe, 1/16 of the compute of twice the size for a 2-D image), then at twice it."""
+    sizes = []
+    if all(d % 2 == 0 and d >= 16 for d in x.shape[2:]):
+        sizes.append(x[(slice(None), slice(None), *(slice(0, d // 2) for d in x.shape[2:]))].contiguous())
+    big = x
+    for axis in range(2, x.ndim):
+        big = big.repeat_interleave(2, dim=axis)
+    return [*sizes, big]
+
+
+def _scaling(module: nn.Module) -> tuple[float, float, dict[str, float]]:
     """diffusers-style latent scaling (``config.scaling_factor``, ``config.shift_factor``)."""
     cfg = getattr(module, "config", None)
     found: dict[str, float] = {}
@@ -159,7 +198,7 @@ def _scaling(module: nn.Module) -> tuple[float, dict[str, float]]:
         value = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             found[key] = float(value)
-    return found.get("scaling_factor", 1.0), found
+    return found.get("scaling_factor", 1.0), found.get("shift_factor", 0.0), found
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -179,8 +218,14 @@ def guess_example_input(module: nn.Module) -> torch.Tensor | None:
     cfg = getattr(module, "config", None)
     get = (cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)) if cfg is not None else None
     if get is not None and isinstance(get("in_channels"), int) and isinstance(get("sample_size"), int):
-        return torch.rand(2, get("in_channels"), get("sample_size"), get("sample_size"),
-                          generator=torch.Generator().manual_seed(0))
+        # diffusers' autoencoders are fully convolutional and export with dynamic height and
+        # width: a small example (at most 64x64) keeps tracing and the export-time checks cheap
+        # (sample_size is 512 for Stable Diffusion: probing at 512 and 1024 took minutes and GBs).
+        gen = torch.Generator().manual_seed(0)
+        if type(module).__module__.startswith("diffusers"):
+            side = min(get("sample_size"), 64)
+            return torch.rand(2, get("in_channels"), side, side, generator=gen) * 2 - 1  # diffusers' [-1, 1]
+        return torch.rand(2, get("in_channels"), get("sample_size"), get("sample_size"), generator=gen)
     first = next((m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
     if isinstance(first, nn.Linear):
         return torch.rand(2, first.in_features, generator=torch.Generator().manual_seed(0))
@@ -194,8 +239,13 @@ def from_module(
     likelihood: str | None = None,
     dynamic_spatial: bool | None = None,
     source_path: str = "",
+    encode_fn: str | None = None,
+    decode_fn: str | None = None,
 ) -> Exportable:
-    """Probe ``module`` and wrap its halves as the contract's two deterministic graphs."""
+    """Probe ``module`` and wrap its halves as the contract's two deterministic graphs.
+
+    ``encode_fn``/``decode_fn`` name the halves (methods or submodules) instead of probing the
+    usual names."""
     if not isinstance(module, nn.Module):
         raise ConfigError(f"cannot export a {type(module).__name__}: expected a torch.nn.Module")
     lik = likelihood or "unknown"
@@ -203,12 +253,13 @@ def from_module(
         raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
     module = module.eval()
     x = _example(module, example_input)
-    probe = detect(module, x)
+    adapters = (named_adapter(encode_fn, decode_fn),) if encode_fn or decode_fn else ADAPTERS
+    probe = detect(module, x, adapters)
     dyn_latent = _dynamic_spatial(module, probe, x, dynamic_spatial)
     spatial_names = _SPATIAL_NAMES.get(x.ndim - 2, ()) if dyn_latent else ()
     input_shape = tuple(x.shape[1:2]) + (-1,) * len(spatial_names) if dyn_latent else tuple(x.shape[1:])
     latent_shape = tuple(-1 if i in dyn_latent else d for i, d in enumerate(probe.mu.shape[1:]))
-    scaling_factor, scaling = _scaling(module)
+    scaling_factor, shift_factor, scaling = _scaling(module)
     enc_attr, dec_attr = probe.adapter.encode_attr, probe.adapter.decode_attr
     spec = ExportSpec(
         input_shape=input_shape,
@@ -216,6 +267,7 @@ def from_module(
         likelihood=lik,
         family=_family(module, probe.adapter),
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
         dynamic_axes=("batch", *spatial_names),
         source_sha256=state_dict_sha256(module),
         source_path=source_path,
@@ -225,6 +277,7 @@ def from_module(
             "encode": f"module.{enc_attr}(x){probe.encode_form}",
             "decode": f"module.{dec_attr}(z){probe.decode_form}",
             "likelihood_stated": likelihood is not None,
+            **{f"{k}_fn": v for k, v in (("encode", encode_fn), ("decode", decode_fn)) if v},
             **scaling,
             "notes": probe.notes,
         },
@@ -233,13 +286,27 @@ def from_module(
     )
     enc, dec = probe.adapter.halves(module)
     return Exportable(
-        encoder=EncoderGraph(lambda t: as_gaussian(enc(t))[:2], module),
-        decoder=DecoderGraph(lambda z: as_tensor(dec(z))[0], module),
+        encoder=EncoderGraph(lambda t: as_gaussian(_unvalidated(enc, t))[:2], module),
+        decoder=DecoderGraph(lambda z: as_tensor(_unvalidated(dec, z))[0], module),
         spec=spec,
         example_x=x,
         example_z=probe.mu.detach().clone(),
         fp32_tolerance=_fp32_tolerance(spec),
     )
+
+
+def _unvalidated(fn: Any, t: torch.Tensor) -> Any:
+    """``fn(t)`` with torch.distributions' argument validation off: a ``Normal`` returned by
+    ``encode`` checks its scale with data-dependent branches, which tracers cannot export
+    (the values are the same; only the check is skipped)."""
+    from torch.distributions import Distribution
+
+    before = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        return fn(t)
+    finally:
+        Distribution.set_default_validate_args(before)
 
 
 def _fp32_tolerance(spec: ExportSpec) -> Any:
@@ -280,3 +347,33 @@ def _family(module: nn.Module, adapter: Adapter) -> str:
     if type(module).__module__.split(".")[0] == "diffusers":
         return f"diffusers.{type(module).__name__}"
     return adapter.name
+
+
+def suggest_wrapper(module: nn.Module, adapter: Adapter, x: torch.Tensor) -> str:
+    """The smallest wrapper that would fit, written against what the module's encode returned."""
+    enc, _ = adapter.halves(module)
+    unpack = "mu, logvar = out  # adapt: pick the posterior's mean and log-variance from what encode returns"
+    if callable(enc):
+        try:
+            with torch.no_grad():
+                out = enc(x)
+            unpack = f"mu, logvar = ...  # encode returned {describe(out)}: pick the mean and the log-variance"
+            if isinstance(out, (tuple, list)) and len(out) == 3 and all(isinstance(t, torch.Tensor) for t in out):
+                unpack = "z, mu, logvar = out  # adapt the order to yours; drop the sample z"
+        except Exception:
+            pass
+    name = type(module).__name__
+    return (
+        "The smallest wrapper that would work:\n"
+        "    class WrappedVAE(torch.nn.Module):\n"
+        "        def __init__(self, vae):\n"
+        "            super().__init__()\n"
+        "            self.vae = vae\n"
+        "        def encode(self, x):\n"
+        f"            out = self.vae.{adapter.encode_attr}(x)\n"
+        f"            {unpack}\n"
+        "            return mu, logvar\n"
+        "        def decode(self, z):\n"
+        f"            return self.vae.{adapter.decode_attr}(z)  # must return a tensor of the input's shape\n"
+        f"    vae_deploy.export(WrappedVAE({name.lower()}), ...)"
+    )

@@ -15,11 +15,23 @@ from typing import Any
 
 import torch
 
+#: Mapping keys read as the posterior's mean, and as its spread (with how to get a log-variance).
+MEAN_KEYS = ("mu", "mean", "loc", "z_mean")
+LOGVAR_KEYS = ("logvar", "log_var", "z_log_var", "log_variance")
+STD_KEYS = ("std", "stddev", "sigma", "scale")
+VAR_KEYS = ("var", "variance")
+WRAPPER_KEYS = ("latent_dist", "posterior", "dist")
+#: Mapping keys read as the decoder's output.
+OUTPUT_KEYS = ("sample", "x_hat", "recon", "x_recon", "reconstruction", "mean")
+
 #: What the encoder side accepts, for error messages.
 GAUSSIAN_FORMS = ("a (mu, logvar) tuple", "an object with tensor attributes .mean and .logvar",
-                  "an object with .latent_dist holding one of these", "a 1-tuple holding one of these")
+                  "a Normal-like object with .mean and .stddev, .variance or .scale (torch.distributions.Normal)",
+                  f"a mapping with keys {'/'.join(MEAN_KEYS)} and {'/'.join(LOGVAR_KEYS + STD_KEYS + VAR_KEYS)}",
+                  "an object or mapping with .latent_dist holding one of these", "a 1-tuple holding one of these")
 #: What the decoder side accepts.
-TENSOR_FORMS = ("a tensor", "an object with a tensor attribute .sample", "a 1-tuple holding a tensor")
+TENSOR_FORMS = ("a tensor", "an object with a tensor attribute .sample or .mean (a distribution)",
+                f"a mapping with one of the keys {'/'.join(OUTPUT_KEYS)}", "a 1-tuple holding a tensor")
 
 
 class NoFit(Exception):
@@ -38,7 +50,7 @@ def describe(obj: Any, depth: int = 0) -> str:
     if isinstance(obj, Mapping):
         inner = ", ".join(f"{k}={describe(v, depth + 1)}" for k, v in list(obj.items())[:4])
         return f"{type(obj).__name__}({inner})"
-    attrs = [a for a in ("latent_dist", "mean", "logvar", "mu", "sample") if _has_value(obj, a)]
+    attrs = [a for a in ("latent_dist", "mean", "logvar", "stddev", "variance", "mu", "sample") if _has_value(obj, a)]
     if attrs:
         inner = ", ".join(f".{a}={describe(getattr(obj, a), depth + 1)}" for a in attrs)
         return f"{type(obj).__name__}({inner})"
@@ -58,7 +70,10 @@ def _is_float_tensor(t: Any) -> bool:
 
 
 def as_gaussian(out: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """``(mu, logvar, how)`` from an encoder's output; ``how`` names the form found."""
+    """``(mu, logvar, how)`` from an encoder's output; ``how`` names the form found.
+
+    A standard deviation or a variance becomes a log-variance in the graph (``2 log std``,
+    ``log var``): the contract's encoder always returns ``(mu, logvar)``."""
     if isinstance(out, (tuple, list)):
         if len(out) == 2 and all(_is_float_tensor(t) for t in out):
             if out[0].shape != out[1].shape:
@@ -68,13 +83,50 @@ def as_gaussian(out: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
             mu, logvar, how = as_gaussian(out[0])
             return mu, logvar, f"[0]{how}"
         raise NoFit(describe(out))
-    if _has_value(out, "latent_dist"):
+    if _has_value(out, "latent_dist"):  # before mappings: diffusers' outputs are both
         mu, logvar, how = as_gaussian(out.latent_dist)
         return mu, logvar, f".latent_dist{how}"
-    mean = getattr(out, "mean", None) if not isinstance(out, torch.Tensor) else None
-    if _is_float_tensor(mean) and _is_float_tensor(getattr(out, "logvar", None)):
-        return mean, out.logvar, "(.mean, .logvar)"
+    if isinstance(out, Mapping):
+        return _gaussian_from(lambda k: out.get(k), "[{!r}]", out)
+    if isinstance(out, torch.Tensor):
+        raise NoFit(describe(out))
+    return _gaussian_from(lambda k: _get(out, k), ".{}", out)
+
+
+def _gaussian_from(get: Any, fmt: str, out: Any) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """Mean and spread from an object's attributes or a mapping's keys (``fmt`` shows which)."""
+    if isinstance(out, Mapping):
+        for key in WRAPPER_KEYS:
+            if get(key) is not None:
+                mu, logvar, how = as_gaussian(get(key))
+                return mu, logvar, fmt.format(key) + how
+    mean_key = next((k for k in MEAN_KEYS if _is_float_tensor(get(k))), None)
+    if mean_key is None:
+        raise NoFit(describe(out))
+    mu = get(mean_key)
+    for keys, to_logvar in ((LOGVAR_KEYS, lambda t: t), (STD_KEYS, lambda t: 2 * torch.log(t)),
+                            (VAR_KEYS, torch.log)):
+        key = next((k for k in keys if _is_float_tensor(get(k))), None)
+        if key is None:
+            continue
+        spread = get(key)
+        if spread.shape != mu.shape:
+            try:
+                spread = spread.expand_as(mu)  # torch Normal broadcasts a scalar scale
+            except RuntimeError:
+                raise NoFit(f"{describe(out)}: {mean_key} {list(mu.shape)} and {key} {list(spread.shape)} "
+                            "do not broadcast") from None
+        how = f"({fmt.format(mean_key)}, {fmt.format(key)})"
+        return mu, to_logvar(spread), how if keys is LOGVAR_KEYS else f"{how} -> logvar"
     raise NoFit(describe(out))
+
+
+def _get(obj: Any, name: str) -> Any:
+    try:
+        value = getattr(obj, name, None)
+    except Exception:  # e.g. a distribution property that is not implemented
+        return None
+    return None if callable(value) and not isinstance(value, torch.Tensor) else value
 
 
 def as_tensor(out: Any) -> tuple[torch.Tensor, str]:
@@ -83,6 +135,11 @@ def as_tensor(out: Any) -> tuple[torch.Tensor, str]:
         return out, ""
     if isinstance(out, (tuple, list)) and len(out) == 1 and _is_float_tensor(out[0]):
         return out[0], "[0]"
-    if _is_float_tensor(getattr(out, "sample", None)):
-        return out.sample, ".sample"
+    for attr in ("sample", "mean"):  # before mappings: diffusers' DecoderOutput is both
+        if _is_float_tensor(_get(out, attr)):
+            return _get(out, attr), f".{attr}"
+    if isinstance(out, Mapping):
+        key = next((k for k in OUTPUT_KEYS if _is_float_tensor(out.get(k))), None)
+        if key is not None:
+            return out[key], f"[{key!r}]"
     raise NoFit(describe(out))

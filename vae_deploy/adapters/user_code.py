@@ -48,10 +48,13 @@ def load_factory(target: str) -> Callable[..., Any]:
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A plain state dict from ``path``; names what the file holds when it is something else."""
+    """A plain state dict from ``path`` (``torch.save`` file or ``.safetensors``); names what the
+    file holds when it is something else."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"weights file {str(p)!r} does not exist")
+    if p.suffix == ".safetensors":
+        return _load_safetensors(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -72,6 +75,22 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         what = f"a {type(obj).__name__}"
     raise CheckpointError(f"{str(p)!r} holds {what}, not a state dict {{name: tensor}}{hint}; "
                           "save it with torch.save(model.state_dict(), path)")
+
+
+def _load_safetensors(p: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file: tensors only by construction, nothing that could run code."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{str(p)!r} is a safetensors file: pip install safetensors (or vae-deploy[byo])") from None
+    try:
+        tensors = load_file(str(p), device="cpu")
+    except Exception as e:
+        raise CheckpointError(f"{str(p)!r} is not a readable safetensors file ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not tensors:
+        raise CheckpointError(f"{str(p)!r} holds no tensors")
+    return dict(tensors)
 
 
 def load_weights(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
@@ -124,6 +143,8 @@ def user_exportable(
     input_shape: tuple[int, ...] | None = None,
     latent_dim: int | None = None,
     likelihood: str | None = None,
+    encode_fn: str | None = None,
+    decode_fn: str | None = None,
 ) -> Any:
     """What ``vae-deploy export --model ... --weights ...`` exports: the user's module, probed
     on a seeded uniform [0, 1) example of ``input_shape`` (inferred from the module when None).
@@ -136,7 +157,8 @@ def user_exportable(
     example = None
     if input_shape is not None:
         example = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
-    exp = to_exportable(module, example, likelihood=likelihood, source_path=str(Path(weights).resolve()))
+    exp = to_exportable(module, example, likelihood=likelihood, source_path=str(Path(weights).resolve()),
+                        encode_fn=encode_fn, decode_fn=decode_fn)
     # recorded in the manifest, so `vae-deploy verify DIR` can rebuild the module without --model
     exp.spec.config.update(factory=target, factory_dir=os.getcwd(), factory_latent_dim=latent_dim)
     got = exp.spec.latent_shape[0]

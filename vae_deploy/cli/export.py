@@ -37,7 +37,8 @@ from vae_deploy.cli.options import (
 @json_option
 @friendly_errors
 def export(checkpoint: Path | None, model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
-           latent_dim: int | None, likelihood: str | None, out: Path, formats: tuple[str, ...], opset: int,
+           latent_dim: int | None, likelihood: str | None, diffusers_path: Path | None, subfolder: str | None,
+           encode_fn: str | None, decode_fn: str | None, out: Path, formats: tuple[str, ...], opset: int,
            precisions: tuple[str, ...], int8_method: str, strict: bool, no_verify: bool,
            json_path: Path | None) -> None:
     """Export a checkpoint's (or your own VAE's) encoder and decoder (ONNX, TorchScript) with a manifest.
@@ -46,15 +47,22 @@ def export(checkpoint: Path | None, model_target: str | None, weights: Path | No
     vae-deploy export runs/ckpt.pt --out export/
     vae-deploy export runs/ckpt.pt --precision fp32,fp32-fast,int8
     vae-deploy export --model my_vae:build --weights vae.pt --input-shape 784 --out export/
+    vae-deploy export --diffusers ./stable-diffusion-v1-5 --subfolder vae --out export/
     """
     from vae_deploy.exporters import export as run_export
     from vae_deploy.exporters.fp16 import CPU_NOTE
+    from vae_deploy.progress import Progress, format_bytes
 
-    if checkpoint is None and model_target is None:
-        raise click.UsageError("give a CHECKPOINT, or --model package.module:factory --weights state_dict.pt")
-    source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood)
+    if checkpoint is None and model_target is None and diffusers_path is None:
+        raise click.UsageError("give a CHECKPOINT, or --model package.module:factory --weights state_dict.pt, "
+                               "or --diffusers FOLDER")
+    prog = Progress("export", enabled=True)
+    with prog.stage("loading the model"):
+        source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood,
+                              diffusers_path=diffusers_path, subfolder=subfolder, encode_fn=encode_fn,
+                              decode_fn=decode_fn)
     result = run_export(source, out, formats=formats, opset=opset, verify=not no_verify,
-                        precisions=precisions, int8_method=int8_method, strict=strict)
+                        precisions=precisions, int8_method=int8_method, strict=strict, progress=prog)
     click.echo(export_table(result.manifest), err=to_stdout(json_path))
     for v in result.variants:
         if v.status == "dropped":
@@ -65,8 +73,9 @@ def export(checkpoint: Path | None, model_target: str | None, weights: Path | No
             click.echo(f"note ({v.precision}): {note}", err=True)
     if any(v.precision == "fp16" and v.status == "written" for v in result.variants):
         click.echo(f"note: {CPU_NOTE}", err=True)
-    click.echo(f"wrote {result.out_dir}/ in {result.seconds:.1f} s", err=to_stdout(json_path))
-    write_json(json_path, {"out_dir": str(result.out_dir), "seconds": result.seconds,
+    peak = format_bytes(result.manifest.get("export", {}).get("peak_rss_bytes"))
+    click.echo(f"wrote {result.out_dir}/ in {prog.seconds:.1f} s (peak RSS {peak})", err=to_stdout(json_path))
+    write_json(json_path, {"out_dir": str(result.out_dir), "seconds": prog.seconds,
                            "variants": {v.precision: {"status": v.status, "reason": v.reason} for v in result.variants},
                            "manifest": result.manifest})
 

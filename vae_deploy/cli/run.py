@@ -6,7 +6,10 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import engine_options, friendly_errors, runtime_kwargs
+from vae_deploy.cli.options import engine_options, friendly_errors, ints, runtime_kwargs
+
+TILE_HELP = ("Decode (and encode) in overlapping latent tiles of this size, diffusers' tiling rule: memory follows "
+             "the tile, not the image. A multiple of 4, e.g. 64 for Stable Diffusion (512 px tiles).")
 
 
 @click.command()
@@ -17,15 +20,22 @@ from vae_deploy.cli.options import engine_options, friendly_errors, runtime_kwar
 @engine_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write samples as .npy.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG grid.")
+@click.option("--latent-shape", callback=ints, default=None,
+              help="Per-example latent shape for a dynamic-size export, e.g. 4,128,128 (default: the export's example).")
+@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
 @friendly_errors
 def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: str, precision: str, force_bf16: bool,
-           tuning_file: Path | None, out: Path | None, grid: Path | None) -> None:
+           tuning_file: Path | None, out: Path | None, grid: Path | None, latent_shape: tuple[int, ...] | None,
+           tile: int | None) -> None:
     """Draw samples from an exported decoder (z ~ N(0, I) in the host)."""
     from vae_deploy.images import save_grid, save_npy
     from vae_deploy.runtime import Runtime
 
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
-    x = rt.sample(n, seed=seed)
+    try:
+        x = rt.sample(n, seed=seed, latent_shape=latent_shape, tile=tile)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"{n} samples of shape {list(x.shape[1:])} on {rt.engine.label} ({rt.precision}), "
                f"range [{x.min():.3f}, {x.max():.3f}]")
     if out:
@@ -44,10 +54,11 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG: the inputs (captioned 'input') above their reconstructions.")
+@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
 @friendly_errors
 def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, precision: str, force_bf16: bool,
                 tuning_file: Path | None, stochastic: bool, seed: int | None,
-                out: Path | None, grid: Path | None) -> None:
+                out: Path | None, grid: Path | None, tile: int | None) -> None:
     """Encode and decode the examples in a .npy/.npz file."""
     import numpy as np
 
@@ -59,7 +70,10 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, prec
     x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli")
     if x.shape[1:] != rt.input_shape and x.ndim == 2 and x.shape[1] == int(np.prod(rt.input_shape)):
         x = x.reshape(-1, *rt.input_shape)
-    x_hat = rt.reconstruct(x, sample=stochastic, seed=seed)
+    try:
+        x_hat = rt.reconstruct(x, sample=stochastic, seed=seed, tile=tile)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     err = float(np.abs(x_hat - x).mean())
     click.echo(f"reconstructed {len(x)} examples on {rt.engine.label}: mean abs error {err:.4f}")
     if out:
