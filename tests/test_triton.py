@@ -131,6 +131,11 @@ def test_copies_external_weight_files(exports, tmp_path):
     manifest["files"]["decoder.onnx"].update(sha256=file_sha256(src / "decoder.onnx"),
                                              size=(src / "decoder.onnx").stat().st_size)
     (src / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not listed in the manifest"):  # unchecksummed weights
+        write_triton_repo(src, tmp_path / "repo")
+    manifest["files"]["decoder.weights"] = {"sha256": file_sha256(src / "decoder.weights"), "role": "decoder",
+                                            "size": (src / "decoder.weights").stat().st_size, "format": "data"}
+    (src / "manifest.json").write_text(json.dumps(manifest))
     repo = write_triton_repo(src, tmp_path / "repo")
     version = repo / DECODER_MODEL / "1"
     assert (src / "decoder.weights").stat().st_size > 1000

@@ -22,7 +22,6 @@ from vae_deploy.artifacts import (
     load_manifest,
     parse_shape,
     spec_from_manifest,
-    verify_files,
 )
 from vae_deploy.backends import Backend
 from vae_deploy.errors import ArtifactError
@@ -98,12 +97,15 @@ class Runtime(Backend):
     def load(
         cls, path: str | Path = "export", *, precision: str = "fp32", verify_checksums: bool = True, **kwargs: Any
     ) -> Runtime:
-        """Open an export folder (checksums checked) at the given precision variant."""
+        """Open an export folder at the given precision variant, after the export contract
+        (paths inside the folder, checksums unless ``verify_checksums=False``, no random ops,
+        declared shapes) holds for the two graphs: :func:`vae_deploy.contract.check_export`."""
+        from vae_deploy.contract import check_export
+
         folder = Path(path)
         manifest = load_manifest(folder, verify=False)
         enc, dec = variant_file(manifest, "encoder", precision), variant_file(manifest, "decoder", precision)
-        if verify_checksums:
-            verify_files(folder, manifest, only=[enc, dec])
+        check_export(folder, manifest, [enc, dec], checksums=verify_checksums)
         rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), **kwargs)
         rt.precision = precision
         return rt

@@ -17,7 +17,7 @@ from typing import Any
 
 from vae_deploy.artifacts import file_status, load_manifest
 from vae_deploy.errors import ArtifactError
-from vae_deploy.exporters.spec import META_PREFIX, Exportable, parse_shape
+from vae_deploy.exporters.spec import META_PREFIX, Exportable
 from vae_deploy.parity import DEFAULT_TOLERANCES, compare_backends, format_report
 
 SCHEMA = "vae-deploy-verify/1"
@@ -30,10 +30,12 @@ def check_integrity(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_contract(folder: Path, manifest: dict[str, Any], reference: Exportable | None) -> dict[str, Any]:
-    """Manifest, ONNX metadata, declared graph shapes and the reference model must agree."""
-    import onnx
+    """The export contract (:func:`vae_deploy.contract.contract_problems`: paths inside the
+    folder, no random ops, metadata and declared input/output shapes against the manifest),
+    and the reference model against the manifest and metadata."""
+    from vae_deploy.contract import contract_problems, load_graph
 
-    problems: list[str] = []
+    problems = contract_problems(folder, manifest, checksums=False)  # checksums: the integrity section
     m = manifest["model"]
     want_in, want_lat = tuple(m["input_shape"]), tuple(m["latent_shape"])
     if reference is not None:
@@ -45,30 +47,18 @@ def check_contract(folder: Path, manifest: dict[str, Any], reference: Exportable
             problems.append(
                 f"exported from a different checkpoint: manifest source sha256 "
                 f"{manifest['source']['sha256'][:12]}..., reference checkpoint {ref.source_sha256[:12]}...")
-    for name, entry in manifest.get("files", {}).items():
-        if entry.get("format") != "onnx" or not (folder / name).is_file():
-            continue
-        try:
-            model = onnx.load(str(folder / name), load_external_data=False)
-        except Exception as e:
-            problems.append(f"{name}: cannot be parsed as ONNX ({type(e).__name__})")
-            continue
-        meta = {p.key: p.value for p in model.metadata_props}
-        role = entry.get("role")
-        item = want_in if role == "encoder" else want_lat
-        for key, want in (("input_shape", want_in), ("latent_shape", want_lat)):
-            got = meta.get(META_PREFIX + key)
-            if got is None or parse_shape(got) != want:
-                problems.append(f"{name}: metadata {key} is {got!r}, manifest says {','.join(map(str, want))!r}")
-        src = meta.get(META_PREFIX + "source_sha256")
-        if reference is not None and reference.spec.source_sha256 and src and src != reference.spec.source_sha256:
-            problems.append(f"{name}: exported from a different checkpoint (metadata source sha256 {src[:12]}..., "
-                            f"reference {reference.spec.source_sha256[:12]}...)")
-        dims = model.graph.input[0].type.tensor_type.shape.dim
-        declared = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
-        if len(declared) != len(item) or any(d >= 0 and e >= 0 and d != e for d, e in zip(declared, item)):
-            problems.append(f"{name}: graph input is [N, {', '.join('?' if d < 0 else str(d) for d in declared)}], "
-                            f"contract says [N, {', '.join(map(str, item))}]")
+        if ref.source_sha256 and not any(p.startswith("manifest file") for p in problems):
+            for name, entry in manifest.get("files", {}).items():
+                if entry.get("format") != "onnx" or not (folder / name).is_file():
+                    continue
+                try:
+                    meta = {p.key: p.value for p in load_graph(folder / name).metadata_props}
+                except ArtifactError:
+                    continue  # contract_problems reported it
+                src = meta.get(META_PREFIX + "source_sha256")
+                if src and src != ref.source_sha256:
+                    problems.append(f"{name}: exported from a different checkpoint (metadata source sha256 "
+                                    f"{src[:12]}..., reference {ref.source_sha256[:12]}...)")
     return {"passed": not problems, "problems": problems}
 
 
