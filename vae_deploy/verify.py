@@ -131,6 +131,7 @@ def verify_export(
     """Integrity + contract + parity of every backend against the eager reference."""
     from vae_deploy.backends import TorchBackend
     from vae_deploy.exporters import verification_data
+    from vae_deploy.exporters.finite import require_finite
 
     folder = Path(export_dir)
     manifest = load_manifest(folder, verify=False)
@@ -138,6 +139,7 @@ def verify_export(
         reference, ref_path = _reference_from(manifest, checkpoint)
     else:
         ref_path = reference.spec.source_path or "<in-memory model>"
+    require_finite(reference, "reference model", error=ArtifactError)
     integrity = check_integrity(folder, manifest)
     contract = check_contract(folder, manifest, reference)
     eager = TorchBackend(reference.encoder, reference.decoder, reference.spec, name="eager")

@@ -25,6 +25,7 @@ import torch
 
 from vae_deploy.errors import ExportError
 from vae_deploy.exporters import writing
+from vae_deploy.exporters.finite import require_finite
 from vae_deploy.exporters.manifest import build_manifest, file_entry, write_manifest
 from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, check_opset, export_onnx
 from vae_deploy.exporters.spec import Exportable, ExportSpec
@@ -126,6 +127,7 @@ def export(
         check_opset(opset)
     exp = to_exportable(model_or_ckpt, example_input, likelihood=likelihood, dynamic_spatial=dynamic_spatial,
                         source_path=source_path)
+    require_finite(exp, error=ExportError)
     writing.sweep_stale(out)
     tmp = writing.make_temp(out)
     try:
