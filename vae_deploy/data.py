@@ -59,7 +59,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_array_file(path: str | Path, *, bernoulli: bool = True) -> np.ndarray:
+def load_array_file(path: str | Path, *, bernoulli: bool = True, min_examples: int = 2) -> np.ndarray:
     """Read and validate a user's ``.npy``/``.npz`` array of examples.
 
     Accepts ``[N, D]`` vectors or ``[N, C, H, W]`` / ``[N, H, W]`` images (the latter gets a
@@ -92,11 +92,13 @@ def load_array_file(path: str | Path, *, bernoulli: bool = True) -> np.ndarray:
             raise DataError(f"data file {str(p)!r}: array {key!r} cannot be loaded without pickle: {e}") from None
     else:
         arr = loaded
-    return validate_array(arr, source=str(p), bernoulli=bernoulli)
+    return validate_array(arr, source=str(p), bernoulli=bernoulli, min_examples=min_examples)
 
 
-def validate_array(arr: np.ndarray, *, source: str = "array", bernoulli: bool = True) -> np.ndarray:
-    """Check shape, dtype, finiteness and range; return float32 ``[N, *input_shape]``."""
+def validate_array(arr: np.ndarray, *, source: str = "array", bernoulli: bool = True,
+                   min_examples: int = 2) -> np.ndarray:
+    """Check shape, dtype, finiteness and range; return float32 ``[N, *input_shape]``.
+    ``min_examples``: 2 for training (a train and a test split), 1 to reconstruct."""
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
         raise DataError(f"{source}: expected a numeric array, got dtype {arr.dtype}")
@@ -104,8 +106,11 @@ def validate_array(arr: np.ndarray, *, source: str = "array", bernoulli: bool = 
         raise DataError(
             f"{source}: expected shape [N, D], [N, H, W] or [N, C, H, W], got {list(arr.shape)}"
         )
-    if arr.shape[0] < 2:
-        raise DataError(f"{source}: need at least 2 examples to split into train and test, got {arr.shape[0]}")
+    if 0 in arr.shape[1:]:
+        raise DataError(f"{source}: every axis of an example needs a positive size, got shape {list(arr.shape)}")
+    if arr.shape[0] < min_examples:
+        raise DataError(f"{source}: need at least {min_examples} example(s)"
+                        + (" to split into train and test" if min_examples == 2 else "") + f", got {arr.shape[0]}")
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
     arr = arr.astype(np.float32)

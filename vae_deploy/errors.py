@@ -29,3 +29,11 @@ class ArtifactError(VaeDeployError, ValueError):
 
 class ParityError(VaeDeployError, AssertionError):
     """Backends disagree beyond tolerance."""
+
+
+class InputError(VaeDeployError, ValueError):
+    """A request's input that does not fit the model (shape, dtype, NaN, a bad n or seed)."""
+
+
+class ProviderError(VaeDeployError, RuntimeError):
+    """An execution provider that was asked for explicitly but cannot run here."""

@@ -78,6 +78,8 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     if not path:
         raise ArtifactError("no reference checkpoint: the manifest records none; pass --checkpoint")
     if not Path(path).is_file():
+        if checkpoint is not None:
+            raise ArtifactError(f"the reference checkpoint {str(path)!r} does not exist or is not a file")
         raise ArtifactError(f"the reference checkpoint {str(path)!r} recorded in the manifest is gone; pass --checkpoint")
     return from_checkpoint(load_checkpoint(path)), str(path)
 

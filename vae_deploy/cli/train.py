@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import friendly_errors, ints
+from vae_deploy.cli.options import check_writable, friendly_errors, ints
 
 
 @click.command()
@@ -38,6 +38,7 @@ def train(
     from vae_deploy.train import TrainConfig, checkpoint_meta
     from vae_deploy.train import train as run_training
 
+    check_writable(out, "--out")  # before training, not after it
     ds = load_dataset(data, seed=seed, test_fraction=test_fraction, bernoulli=likelihood == "bernoulli")
     cfg = VAEConfig(
         family=family, input_shape=ds.input_shape, latent_dim=latent_dim,
@@ -68,6 +69,11 @@ def info(path: Path) -> None:
         from vae_deploy.exporters.manifest import describe_export
 
         click.echo(describe_export(path))
+        return
+    if path.suffix == ".onnx":
+        from vae_deploy.exporters.manifest import describe_onnx
+
+        click.echo(describe_onnx(path))
         return
     from vae_deploy.checkpoint import load_checkpoint
 

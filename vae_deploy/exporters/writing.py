@@ -87,6 +87,8 @@ def check_target(out: Path) -> None:
         raise ExportError(f"--out {shown!r} is a mount point, which cannot be replaced; give a folder inside it")
     parent = resolved.parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise ExportError(f"cannot create --out {shown!r}: {str(existing)!r} is a file, not a folder")
     if existing is None or not os.access(existing, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write to {str(existing or parent)!r} (permission denied): choose another --out")
     if not out.is_dir():
