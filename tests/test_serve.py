@@ -241,3 +241,45 @@ def test_cli_serve_stops_cleanly_on_ctrl_c(export_dir):
     assert took < 10, f"stop took {took:.1f} s"
     with socket.socket() as s:  # the port is free again
         s.bind((HOST, http))
+
+
+def test_sigterm_under_load_stops_cleanly_and_leaves_no_temporary_folders(export_dir, tmp_path):
+    """SIGTERM while clients are sampling: exit 0, and PyTriton's workspace and the log folder
+    are gone from the temporary directory."""
+    http, grpc, metrics = free_ports(3)
+    tmp, home = tmp_path / "tmp", tmp_path / "pytriton_home"
+    tmp.mkdir()
+    cmd = [sys.executable, "-m", "vae_deploy", "serve", str(export_dir), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTRITON_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpclient.InferenceServerClient(f"{HOST}:{http}") as c:
+            c.mod = httpclient
+            while not stop.is_set():
+                try:
+                    infer(c, SAMPLER_MODEL, {"n": np.array([64], np.int64)}, ["x_hat"])
+                except Exception:
+                    return  # the server went away: expected
+    try:
+        _wait_ready(f"{HOST}:{http}", proc, timeout=60)
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("vae-deploy-triton-")], "no temp folder used?"
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    left = [p.name for p in tmp.iterdir() if "triton" in p.name or "workspace" in p.name]
+    assert not left, f"left behind in the temporary directory: {left}"
+    assert not list(home.glob("workspace_*")) if home.exists() else True

@@ -160,8 +160,10 @@ class _Tensor:
 
 
 class _Error:
-    def __init__(self, msg: str) -> None:
-        self._msg = msg
+    INTERNAL, INVALID_ARG = 13, 3  # the codes of Triton's TritonError
+
+    def __init__(self, msg: str, code: int = 13) -> None:
+        self._msg, self.code = msg, code
 
     def message(self) -> str:
         return self._msg
@@ -256,6 +258,8 @@ def test_sampler_model_edge_cases_answer_with_errors_not_exceptions(sampler):
     for resp in (zero, negative, huge):
         assert "n must be one integer in [1, 65536]" in resp.error().message()
     assert "seed must be" in bad_seed.error().message()
+    for resp in (zero, negative, huge, bad_seed):  # the client's mistake: 400 / INVALID_ARGUMENT, one line
+        assert resp.error().code == _Error.INVALID_ARG and "\n" not in resp.error().message()
     assert calls == [3]
 
 
