@@ -109,7 +109,7 @@ def validate_array(arr: np.ndarray, *, source: str = "array", bernoulli: bool = 
     if 0 in arr.shape[1:]:
         raise DataError(f"{source}: every axis of an example needs a positive size, got shape {list(arr.shape)}")
     if arr.shape[0] < min_examples:
-        raise DataError(f"{source}: need at least {min_examples} example(s)"
+        raise DataError(f"{source}: need at least {min_examples} example{'s' if min_examples > 1 else ''}"
                         + (" to split into train and test" if min_examples == 2 else "") + f", got {arr.shape[0]}")
     if arr.dtype == np.uint8:
         arr = arr.astype(np.float32) / 255.0
