@@ -178,3 +178,11 @@ def test_verify_cli_fails_a_random_op_and_sampling_stays_deterministic(export_co
     assert "contract: FAIL" in r.output and "RandomNormalLike" in r.output and "RESULT: FAIL" in r.output
     rt = Runtime.load(exports["mlp"], provider="cpu")
     np.testing.assert_array_equal(rt.sample(4, seed=1), rt.sample(4, seed=1))
+
+
+def test_info_on_an_onnx_file_describes_it_and_names_random_ops(export_copy):
+    r = CliRunner().invoke(main, ["info", str(export_copy / "decoder.onnx")])
+    assert r.exit_code == 0 and "vae_deploy.latent_shape = 4" in r.output and "random" not in r.output, r.output
+    _with_op(export_copy, "RandomNormalLike")
+    r = CliRunner().invoke(main, ["info", str(export_copy / "decoder.onnx")])
+    assert r.exit_code == 0 and "random operators (break the contract): RandomNormalLike" in r.output, r.output
