@@ -177,7 +177,7 @@ def contract_problems(folder: str | Path, manifest: dict[str, Any], files: Itera
     if problems:
         return problems  # never touch (hash, parse) a file outside the folder
     if checksums:
-        problems += [f"{n}: checksum check: {s}" for n, s in file_status(folder, manifest, names).items() if s != "ok"]
+        problems += [f"{n}: {s}" for n, s in file_status(folder, manifest, names).items() if s != "ok"]
     model_section = manifest.get("model", {})
     input_shape, latent_shape = tuple(model_section.get("input_shape", ())), tuple(model_section.get("latent_shape", ()))
     for name in names:
@@ -201,7 +201,7 @@ def contract_problems(folder: str | Path, manifest: dict[str, Any], files: Itera
                 problems.append(f"{name} external data {loc!r} is not listed in the manifest, so its checksum "
                                 "cannot be checked")
             elif checksums and rel not in names:
-                problems += [f"{n}: checksum check: {s}" for n, s in file_status(folder, manifest, [rel]).items()
+                problems += [f"{n}: {s}" for n, s in file_status(folder, manifest, [rel]).items()
                              if s != "ok"]
         problems += graph_problems(model, name, entry.get("role"), input_shape, latent_shape)
     return problems
@@ -220,4 +220,5 @@ def check_export(folder: str | Path, manifest: dict[str, Any], files: Iterable[s
     """
     problems = contract_problems(folder, manifest, files, checksums=checksums)
     if problems:
-        raise ArtifactError(f"export folder {str(folder)!r} breaks the export contract:\n  " + "\n  ".join(problems))
+        raise ArtifactError(f"export folder {str(folder)!r} failed its checksum and contract check:\n  "
+                            + "\n  ".join(problems))
