@@ -244,6 +244,7 @@ def test_cli_serve_stops_cleanly_on_ctrl_c(export_dir):
         s.bind((HOST, http))
 
 
+@pytest.mark.slow  # about 15 s: a second Triton server in a subprocess
 def test_sigterm_under_load_stops_cleanly_and_leaves_no_temporary_folders(export_dir, tmp_path):
     """SIGTERM while clients are sampling: exit 0, and PyTriton's workspace and the log folder
     are gone from the temporary directory."""
