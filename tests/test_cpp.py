@@ -352,6 +352,32 @@ def test_truncated_npy_is_refused(vae_sample, tmp_path):
     assert r.returncode == 1 and "needs 48 data bytes, the file has 43" in r.stderr, r.stderr
 
 
+def _npy_with_shape(path: Path, shape_text: str, data: bytes) -> Path:
+    """A float32 .npy whose header declares ``shape_text`` (as written) over ``data``."""
+    header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ("(-2, 4)", "has the dimension '-2'; expected non-negative integers"),
+        ("(100000000, 4)", "needs 1600000000 data bytes, the file has 32"),  # refused before allocating
+        ("(4294967296, 4294967296, 4)", "is too large to address on this machine"),  # overflow
+        ("(99999999999999999999, 4)", "expected non-negative integers"),  # would overflow stoll
+    ],
+    ids=["negative", "declared-larger-than-file", "overflow", "huge-number"],
+)  # fmt: skip
+def test_npy_header_lies_are_refused_before_allocating(vae_sample, shape, message, tmp_path):
+    model = tiny_decoder(tmp_path / "ok")
+    z = _npy_with_shape(tmp_path / "z.npy", shape, np.zeros(8, np.float32).tobytes())
+    r = run_cpp(vae_sample, "--model", model, "--z-file", z, ok=False)
+    assert r.returncode == 1 and message in r.stderr, r.stderr
+    assert "bad_alloc" not in r.stderr and "stoll" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -239,8 +239,10 @@ def test_runtime_needs_no_torch(exports):
         "import sys\n"
         "from vae_deploy import Runtime\n"
         "from vae_deploy.batcher import MicroBatcher\n"
+        "assert 'onnx' not in sys.modules, 'importing the runtime must stay cheap'\n"
         f"Runtime.load({str(exports['conv'])!r}, provider='cpu').sample(2, seed=0)\n"
-        "bad = [m for m in ('torch', 'onnx', 'sklearn') if m in sys.modules]\n"
+        # onnx (a core dependency) parses the graphs once at load for the contract scan
+        "bad = [m for m in ('torch', 'sklearn') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

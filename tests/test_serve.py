@@ -5,6 +5,7 @@ errors and leave the server answering, and ``vae-deploy serve`` stops cleanly on
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -241,3 +242,51 @@ def test_cli_serve_stops_cleanly_on_ctrl_c(export_dir):
     assert took < 10, f"stop took {took:.1f} s"
     with socket.socket() as s:  # the port is free again
         s.bind((HOST, http))
+
+
+@pytest.mark.slow  # about 15 s: a second Triton server in a subprocess
+def test_sigterm_under_load_stops_cleanly_and_leaves_no_temporary_folders(export_dir, tmp_path):
+    """SIGTERM while clients are sampling: exit 0, and PyTriton's workspace and the log folder
+    are gone from the temporary directory."""
+    import tempfile
+
+    http, grpc, metrics = free_ports(3)
+    # short: multiprocessing puts AF_UNIX sockets (at most 107 bytes of path) in TMPDIR
+    tmp, home = Path(tempfile.mkdtemp(prefix="vt", dir="/tmp")), tmp_path / "pytriton_home"
+    cmd = [sys.executable, "-m", "vae_deploy", "serve", str(export_dir), "--http-port", str(http),
+           "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTRITON_HOME": str(home),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpclient.InferenceServerClient(f"{HOST}:{http}") as c:
+            c.mod = httpclient
+            while not stop.is_set():
+                try:
+                    infer(c, SAMPLER_MODEL, {"n": np.array([64], np.int64)}, ["x_hat"])
+                except Exception:
+                    return  # the server went away: expected
+    try:
+        _wait_ready(f"{HOST}:{http}", proc, timeout=60)
+        assert [p.name for p in tmp.iterdir() if p.name.startswith("vae-deploy-triton-")], "no temp folder used?"
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out, out
+    # our log folder, PyTriton's workspace and Triton's python-backend model copies (folders*);
+    # a hidden lock file a library may keep (.ses) is not a model folder
+    left = [p.name for p in tmp.iterdir() if not p.name.startswith(".")]
+    shutil.rmtree(tmp, ignore_errors=True)
+    assert not left, f"left behind in the temporary directory: {left}"
+    assert not list(home.glob("workspace_*")) if home.exists() else True

@@ -131,6 +131,11 @@ def test_copies_external_weight_files(exports, tmp_path):
     manifest["files"]["decoder.onnx"].update(sha256=file_sha256(src / "decoder.onnx"),
                                              size=(src / "decoder.onnx").stat().st_size)
     (src / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not listed in the manifest"):  # unchecksummed weights
+        write_triton_repo(src, tmp_path / "repo")
+    manifest["files"]["decoder.weights"] = {"sha256": file_sha256(src / "decoder.weights"), "role": "decoder",
+                                            "size": (src / "decoder.weights").stat().st_size, "format": "data"}
+    (src / "manifest.json").write_text(json.dumps(manifest))
     repo = write_triton_repo(src, tmp_path / "repo")
     version = repo / DECODER_MODEL / "1"
     assert (src / "decoder.weights").stat().st_size > 1000
@@ -155,8 +160,10 @@ class _Tensor:
 
 
 class _Error:
-    def __init__(self, msg: str) -> None:
-        self._msg = msg
+    INTERNAL, INVALID_ARG = 13, 3  # the codes of Triton's TritonError
+
+    def __init__(self, msg: str, code: int = 13) -> None:
+        self._msg, self.code = msg, code
 
     def message(self) -> str:
         return self._msg
@@ -251,6 +258,8 @@ def test_sampler_model_edge_cases_answer_with_errors_not_exceptions(sampler):
     for resp in (zero, negative, huge):
         assert "n must be one integer in [1, 65536]" in resp.error().message()
     assert "seed must be" in bad_seed.error().message()
+    for resp in (zero, negative, huge, bad_seed):  # the client's mistake: 400 / INVALID_ARGUMENT, one line
+        assert resp.error().code == _Error.INVALID_ARG and "\n" not in resp.error().message()
     assert calls == [3]
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from vae_deploy.errors import ArtifactError
@@ -122,6 +124,44 @@ MANIFEST = "manifest.json"
 FORMAT_NAME = "vae-deploy-export"
 
 
+def resolve_inside(folder: str | Path, name: str, what: str = "file") -> Path:
+    """``folder / name`` if it is a relative path that stays inside ``folder`` (after symlinks)
+    and, when it exists, names a regular file; otherwise ArtifactError naming the broken rule.
+    Every file an export refers to passes through here before it is read."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ArtifactError(f"{what} name {name!r} is not a file name")
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise ArtifactError(f"{what} {name!r} is an absolute path; an export may only refer to files inside its folder")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise ArtifactError(f"{what} {name!r} climbs out with '..'; an export may only refer to files inside its folder")
+    root = Path(folder).resolve()
+    target = (root / name).resolve()
+    if root not in target.parents:
+        raise ArtifactError(f"{what} {name!r} resolves to {str(target)!r}, outside the export folder {str(root)!r} "
+                            "(a symlink out?)")
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        return target  # missing: the checksum check names it
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(f"{what} {name!r} is not a regular file (a folder, FIFO or device)")
+    return target
+
+
+def _check_schema(path: Path, manifest: dict[str, Any]) -> None:
+    """The keys every consumer reads, with the types it reads them as."""
+    model, files = manifest.get("model"), manifest.get("files")
+    if not isinstance(model, dict) or not isinstance(files, dict):
+        missing = [k for k, v in (("model", model), ("files", files)) if not isinstance(v, dict)]
+        raise ArtifactError(f"{str(path)!r} lacks {missing} (expected JSON objects); re-export the folder")
+    for key in ("input_shape", "latent_shape"):
+        v = model.get(key)
+        if not isinstance(v, list) or not v or not all(isinstance(d, int) and not isinstance(d, bool)
+                                                       and (d > 0 or d == -1) for d in v):
+            raise ArtifactError(f"{str(path)!r}: model.{key} is {v!r}; expected a list of positive sizes (-1: dynamic)")
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{str(path)!r}: files[{name!r}] is {entry!r}; expected an object with sha256 and size")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -152,6 +192,7 @@ def load_manifest(folder: str | Path, *, verify: bool = True, only: list[str] | 
         raise ArtifactError(
             f"{str(path)!r} has format {fmt!r}; expected {{'name': {FORMAT_NAME!r}, 'version': {FORMAT_VERSION}}}"
         )
+    _check_schema(path, manifest)
     if verify:
         verify_files(folder, manifest, only=only)
     return manifest
@@ -164,7 +205,11 @@ def file_status(folder: Path, manifest: dict[str, Any], only: list[str] | None =
     for name, entry in manifest.get("files", {}).items():
         if only is not None and name not in only:
             continue
-        p = folder / name
+        try:
+            p = resolve_inside(folder, name, "manifest file")
+        except ArtifactError as e:
+            status[name] = f"refused: {e}"
+            continue
         if not p.is_file():
             status[name] = "missing"
         elif p.stat().st_size != entry.get("size"):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.artifacts import ExportSpec
+from vae_deploy.errors import InputError
 from vae_deploy.tiling import check_tile, spatial_ratio, tiled
 
 #: ``latents=`` of encode/decode: the VAE's own latents, or a diffusion pipeline's scaled ones.
@@ -139,12 +140,12 @@ class Backend:
         if latent_shape is None:
             shape = tuple(self.spec.concrete_latent_shape)
             if any(d < 0 for d in shape):
-                raise ValueError(f"the latent shape {_fmt(self.latent_shape)} has dynamic axes and the export "
+                raise InputError(f"the latent shape {_fmt(self.latent_shape)} has dynamic axes and the export "
                                  "records no example latent shape; pass latent_shape=")
             return shape
         shape = tuple(int(d) for d in latent_shape)
         if not (_matches(shape, self.latent_shape) and all(d > 0 for d in shape)):
-            raise ValueError(f"latent_shape must fit {_fmt(self.latent_shape)} with positive sizes, got {list(shape)}")
+            raise InputError(f"latent_shape must fit {_fmt(self.latent_shape)} with positive sizes, got {list(shape)}")
         return shape
 
     def reconstruct(self, x: Any, sample: bool = False, seed: int | None = None, *,
@@ -172,7 +173,7 @@ class Backend:
         """Standard normal float32 noise, drawn directly in float32 (no float64 detour)."""
         n = shape[0] if shape else 0
         if not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+            raise InputError(f"n must be a non-negative integer, got {n!r}")
         if seed is not None:
             return np.random.default_rng(seed).standard_normal(tuple(shape), dtype=np.float32)
         with self._rng_lock:
@@ -218,9 +219,9 @@ class Backend:
         try:
             arr = np.asarray(a)
         except Exception as e:
-            raise ValueError(f"{name}: expected a numeric array, got {type(a).__name__} ({e})") from None
+            raise InputError(f"{name}: expected a numeric array, got {type(a).__name__} ({e})") from None
         if arr.dtype.kind not in "fiu" or arr.dtype.kind == "c":
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected a real numeric array (float32 preferred; float16/float64/int are cast to "
                 f"float32), got dtype {arr.dtype}"
             )
@@ -229,7 +230,7 @@ class Backend:
         if single:
             arr = arr[None]
         elif not (arr.ndim == len(item_shape) + 1 and _matches(arr.shape[1:], item_shape)):
-            raise ValueError(
+            raise InputError(
                 f"{name}: expected shape {expected} (or {_fmt(item_shape)} for one example), got {list(arr.shape)}"
             )
         # The cast is float32's round-to-nearest; float64 values beyond float32's range become inf
@@ -244,7 +245,7 @@ class Backend:
     def _raise_not_finite(a: np.ndarray, name: str) -> None:
         bad = ~np.isfinite(a)
         first = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(
+        raise InputError(
             f"{name}: expected finite values, got {int(bad.sum())} NaN/Inf (first at index {first}, shape "
             f"{list(a.shape)}); pass check_finite=False to skip this check"
         )

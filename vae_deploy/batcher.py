@@ -6,6 +6,11 @@ thread takes the first waiting request, gathers more of the same operation until
 runs the backend once, and hands each caller its slice. Inputs are validated at submit time,
 so a bad request fails only its own caller; if a batched run fails anyway, its requests are
 retried one by one so that the error again reaches only the caller that caused it.
+
+Callers may give up: a cancelled future (``future.cancel()``, an ``asyncio.wait_for`` timeout
+around ``asyncio.wrap_future``) is skipped when its batch is formed and never breaks the
+worker. Should the worker thread die anyway, every waiting caller gets the error at once, and
+``submit`` raises from then on: no caller ever waits on a batcher that will not answer.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +45,10 @@ class _Request:
 _STOP = object()
 
 
+class BatcherClosedError(RuntimeError):
+    """The batcher is closed, or its worker died; no request will be answered."""
+
+
 class MicroBatcher:
     """Gathers concurrent requests into batches of at most ``max_batch`` within ``max_delay_ms``."""
 
@@ -52,9 +61,11 @@ class MicroBatcher:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._pending: deque[_Request] = deque()  # taken from the queue but of another op
         self._closed = False
+        self._dead: BaseException | None = None  # why the worker stopped, if it died
+        self._inflight: list[_Request] = []
         self._close_lock = threading.Lock()
         self.stats = {"batches": 0, "requests": 0, "items": 0}
-        self._worker = threading.Thread(target=self._loop, name="vae-deploy-microbatcher", daemon=True)
+        self._worker = threading.Thread(target=self._guarded_loop, name="vae-deploy-microbatcher", daemon=True)
         self._worker.start()
 
     # --- public API ----------------------------------------------------------------------
@@ -73,8 +84,11 @@ class MicroBatcher:
             data, single = b._prepare(array, b.input_shape, "x")
         req = _Request(op, data, single)
         with self._close_lock:
+            if self._dead is not None:
+                raise BatcherClosedError(f"MicroBatcher's worker died ({type(self._dead).__name__}: {self._dead}); "
+                                         "create a new one")
             if self._closed:
-                raise RuntimeError("MicroBatcher is closed")
+                raise BatcherClosedError("MicroBatcher is closed")
             self._queue.put(req)
         return req.future
 
@@ -88,14 +102,22 @@ class MicroBatcher:
                latent_shape: Any = None) -> np.ndarray:
         return self.submit("sample", n=n, seed=seed, latent_shape=latent_shape).result(timeout)
 
+    @property
+    def alive(self) -> bool:
+        """True while the worker runs (after ``close()`` it drains the queue, then stops)."""
+        return self._worker.is_alive()
+
     def close(self, timeout: float | None = 10.0) -> None:
-        """Stop accepting requests, finish every queued one, and join the worker."""
+        """Stop accepting requests, finish every queued one, and join the worker. Requests
+        still unanswered after ``timeout`` seconds fail with BatcherClosedError."""
         with self._close_lock:
-            if self._closed:
-                return
+            first = not self._closed
             self._closed = True
-            self._queue.put(_STOP)
+            if first:
+                self._queue.put(_STOP)
         self._worker.join(timeout)
+        if self._worker.is_alive():
+            self._fail_all(BatcherClosedError(f"MicroBatcher.close() gave up waiting after {timeout} s"))
 
     def __enter__(self) -> MicroBatcher:
         return self
@@ -109,6 +131,28 @@ class MicroBatcher:
         if self._pending:
             return self._pending.popleft()
         return self._queue.get(block=block, timeout=timeout)
+
+    def _guarded_loop(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug or an interpreter shutdown: never leave callers waiting
+            with self._close_lock:
+                self._dead, self._closed = e, True
+            self._fail_all(BatcherClosedError(f"MicroBatcher's worker died: {type(e).__name__}: {e}"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fail every request not yet answered: in flight, set aside, or queued."""
+        waiting = list(self._inflight) + list(self._pending)
+        self._pending.clear()
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                waiting.append(item)
+        for r in waiting:
+            _settle(r.future, exception=error)
 
     def _loop(self) -> None:
         stopping = False  # after close(): drain what is queued without waiting, then exit
@@ -143,6 +187,15 @@ class MicroBatcher:
             self._run(batch)
 
     def _run(self, batch: list[_Request]) -> None:
+        # A caller who cancelled (or timed out) is skipped; the others can no longer cancel.
+        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
+        self._inflight = batch  # kept if the worker dies inside, so _fail_all can answer them
+        self._run_batch(batch)
+        self._inflight = []
+
+    def _run_batch(self, batch: list[_Request]) -> None:
         self.stats["batches"] += 1
         self.stats["requests"] += len(batch)
         self.stats["items"] += sum(r.n for r in batch)
@@ -162,7 +215,7 @@ class MicroBatcher:
             start += r.n
             if r.single:
                 parts = tuple(p[0] for p in parts)
-            r.future.set_result(parts if len(parts) > 1 else parts[0])
+            _settle(r.future, parts if len(parts) > 1 else parts[0])
 
     def _run_one(self, r: _Request) -> None:
         try:
@@ -171,12 +224,12 @@ class MicroBatcher:
             self._fail(r)
             return
         parts = tuple(o[0] for o in outs) if r.single else outs
-        r.future.set_result(parts if len(parts) > 1 else parts[0])
+        _settle(r.future, parts if len(parts) > 1 else parts[0])
 
     def _fail(self, r: _Request) -> None:
         import sys
 
-        r.future.set_exception(sys.exc_info()[1] or RuntimeError("request failed"))
+        _settle(r.future, exception=sys.exc_info()[1] or RuntimeError("request failed"))
 
     def _call(self, op: str, data: np.ndarray) -> tuple[np.ndarray, ...]:
         b = self.backend
@@ -184,3 +237,16 @@ class MicroBatcher:
             return b._chunked(b._encode, data, 2)  # type: ignore[return-value]
         # "decode" and "sample" (latents already drawn) both decode
         return tuple(b._chunked(lambda c: (b._decode(c),), data, 1))
+
+
+def _settle(future: Future, result: Any = None, exception: BaseException | None = None) -> None:
+    """Resolve a future unless it is already done (cancelled, or failed by ``_fail_all``)."""
+    if future.done():
+        return
+    try:
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)
+    except InvalidStateError:  # resolved between the check and the set: nothing to do
+        pass

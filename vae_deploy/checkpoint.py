@@ -40,7 +40,23 @@ class Checkpoint:
     train_state: dict[str, Any] | None = None  # for `train --resume`; None when written without one
 
     def build_model(self) -> VAE:
-        """A VAE in eval mode with the checkpoint's weights."""
+        """A VAE in eval mode with the checkpoint's weights. The config is first built on
+        torch's "meta" device (no memory) and its shapes compared with the weights', so a config
+        asking for absurd layer sizes is refused before anything is allocated."""
+        try:
+            with torch.device("meta"):
+                skeleton = VAE(self.config)
+        except (RuntimeError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint config cannot build a model: {e}") from None
+        want = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+        have = {k: tuple(v.shape) for k, v in self.state_dict.items()}
+        wrong = [f"{k}: config says {list(want[k])}, weights are {list(have[k])}"
+                 for k in want if k in have and want[k] != have[k]]
+        missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+        if wrong or missing or extra:
+            detail = wrong[:3] + ([f"missing {missing[:3]}"] if missing else []) + (
+                [f"unexpected {extra[:3]}"] if extra else [])
+            raise CheckpointError("checkpoint weights do not fit its config: " + "; ".join(detail))
         model = VAE(self.config)
         try:
             model.load_state_dict(self.state_dict)
@@ -126,9 +142,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     for key, typ in (("config", dict), ("state_dict", dict), ("meta", dict)):
         if not isinstance(obj.get(key), typ):
             raise CheckpointError(f"checkpoint {str(p)!r}: entry {key!r} missing or not a {typ.__name__}")
+    for key in ("input_shape", "hidden"):
+        v = obj["config"].get(key)
+        if v is not None and (not isinstance(v, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in v)):
+            raise CheckpointError(f"checkpoint {str(p)!r} has an invalid config: {key} is {v!r}; "
+                                  "expected a list of integers")
     try:
         config = VAEConfig.from_dict(obj["config"])
-    except (ConfigError, TypeError) as e:
+    except (ConfigError, TypeError, ValueError) as e:  # e.g. input_shape given as a string
         raise CheckpointError(f"checkpoint {str(p)!r} has an invalid config: {e}") from None
     sd = obj["state_dict"]
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]

@@ -13,7 +13,7 @@ from vae_deploy.artifacts import load_manifest
 
 def describe_export(folder: str | Path) -> str:
     """Human-readable summary for `vae-deploy info EXPORT_DIR`: manifest and graph signatures."""
-    import onnx
+    from vae_deploy.contract import load_graph
 
     folder = Path(folder)
     manifest = load_manifest(folder, verify=True)
@@ -35,7 +35,7 @@ def describe_export(folder: str | Path) -> str:
     for name, e in manifest["files"].items():
         lines.append(f"  {name:<24} {e['size']:>10,d} B  {e['role']:<8} {e['format']:<12} {e['precision']:<9} {e['sha256'][:16]}...")
         if e["format"] == "onnx":
-            model = onnx.load(str(folder / name), load_external_data=False)
+            model = load_graph(folder / name)
 
             def sig(values) -> str:
                 out = []
@@ -49,4 +49,25 @@ def describe_export(folder: str | Path) -> str:
     if parity:
         lines.append(f"parity at export: {'PASS' if parity.get('passed') else 'FAIL'}  "
                      f"max abs error {parity.get('max_abs_error', float('nan')):.3g}")
+    return "\n".join(lines)
+
+
+def describe_onnx(path: str | Path) -> str:
+    """`vae-deploy info FILE.onnx`: signature and contract metadata of one graph (ArtifactError
+    when it does not parse)."""
+    from vae_deploy.contract import load_graph, random_ops
+
+    model = load_graph(Path(path))
+
+    def sig(values) -> str:
+        return ", ".join(f"{v.name}[{', '.join(d.dim_param or str(d.dim_value) for d in v.type.tensor_type.shape.dim)}]"
+                         for v in values)
+
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in model.opset_import)
+    lines = [f"ONNX file {path}: producer {model.producer_name} {model.producer_version}; opsets {opsets}",
+             f"  {sig(model.graph.input)} -> {sig(model.graph.output)}"]
+    lines += [f"  {p.key} = {p.value}" for p in model.metadata_props]
+    rand = random_ops(model)
+    if rand:
+        lines.append(f"  random operators (break the contract): {', '.join(rand)}")
     return "\n".join(lines)

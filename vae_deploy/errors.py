@@ -33,5 +33,15 @@ class ParityError(VaeDeployError, AssertionError):
 
 class EngineError(VaeDeployError, RuntimeError):
     """An engine, device or precision that cannot run here (missing extra, no native bf16, ...)."""
+
+
 class TrainingError(VaeDeployError, RuntimeError):
     """Training that cannot go on (a diverged loss, a device that is not there); nothing was written."""
+
+
+class InputError(VaeDeployError, ValueError):
+    """A request's input that does not fit the model (shape, dtype, NaN, a bad n or seed)."""
+
+
+class ProviderError(VaeDeployError, RuntimeError):
+    """An execution provider that was asked for explicitly but cannot run here."""

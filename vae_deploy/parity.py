@@ -77,8 +77,9 @@ def compare_arrays(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict[str
         and np.array_equal(np.where(np.isinf(ref), ref, 0.0), np.where(np.isinf(out), out, 0.0))
     )
     finite = np.isfinite(ref) & np.isfinite(out)
-    absd = np.where(finite, np.abs(out - ref), 0.0)
-    scale = np.abs(ref)
+    with np.errstate(invalid="ignore", over="ignore"):
+        absd = np.where(finite, np.abs(out - ref), 0.0)
+    scale = np.where(finite, np.abs(ref), 0.0)  # non-finite elements are judged by same_nonfinite
     reld = np.where(finite, absd / np.maximum(scale, np.finfo(np.float32).tiny), 0.0)
     significant = finite & (scale >= REL_FLOOR)
     max_rel_significant = float(reld[significant].max()) if significant.any() else None
@@ -98,13 +99,26 @@ def compare_arrays(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict[str
         p99_rel=float(np.percentile(reld, 99)),
         max_rel_significant=max_rel_significant, rel_floor=REL_FLOOR,
         worst_index=[int(i) for i in worst],
-        worst_ref=float(ref[worst]) if ref.size else None, worst_out=float(out[worst]) if ref.size else None,
+        worst_ref=_json_float(ref[worst]) if ref.size else None, worst_out=_json_float(out[worst]) if ref.size else None,
         **nonfinite,
-        min_atol_to_pass=need_atol if math.isfinite(need_atol) else None,
-        min_rtol_to_pass=need_rtol if math.isfinite(need_rtol) else None,
+        min_atol_to_pass=need_atol if math.isfinite(need_atol) and same_nonfinite else None,
+        min_rtol_to_pass=need_rtol if math.isfinite(need_rtol) and same_nonfinite else None,
         passed=passed,
     )
+    if not same_nonfinite:
+        stats["nonfinite_mismatch"] = True
     return stats
+
+
+def _json_float(v: Any) -> float | None:
+    """A float for the JSON report; None for NaN/Inf (which JSON cannot hold)."""
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _e(v: Any, spec: str = ".2e") -> str:
+    """Format a number that may be None (not measurable, e.g. NaN outputs) for a table."""
+    return "n/a" if v is None else format(v, spec)
 
 
 def _batch(data: np.ndarray, n: int) -> np.ndarray:
@@ -285,10 +299,15 @@ def _elbo_check(reference: Backend, candidate: Backend, x: np.ndarray, tol: Tole
     except Exception as e:
         return {"passed": False, "error": f"{type(e).__name__}: {e}"}
     rel = abs(cand - ref) / max(abs(ref), 1e-12)
-    return {"reference_nelbo": ref, "candidate_nelbo": cand, "rel_diff": rel, "rtol": tol.elbo_rtol,
-            "reference_recon_mae": ref_rec, "candidate_recon_mae": cand_rec,
-            "recon_rel_diff": abs(cand_rec - ref_rec) / max(abs(ref_rec), 1e-12),
-            "n_examples": int(len(x)), "passed": bool(rel <= tol.elbo_rtol)}
+    rec_rel = abs(cand_rec - ref_rec) / max(abs(ref_rec), 1e-12)
+    out = {"reference_nelbo": _json_float(ref), "candidate_nelbo": _json_float(cand), "rel_diff": _json_float(rel),
+           "rtol": tol.elbo_rtol, "reference_recon_mae": _json_float(ref_rec),
+           "candidate_recon_mae": _json_float(cand_rec), "recon_rel_diff": _json_float(rec_rel),
+           "n_examples": int(len(x)), "passed": bool(math.isfinite(rel) and rel <= tol.elbo_rtol)}
+    if not math.isfinite(rel):
+        out["error"] = (f"the test-set -ELBO is not finite (reference {ref}, candidate {cand}): "
+                        "NaN/Inf outputs")
+    return out
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -359,7 +378,8 @@ def format_report(report: dict[str, Any], *, verbose: bool = False) -> str:
                 f"  {case['name']:<30} {name:<7} {st['max_abs']:9.2e} {st['mean_abs']:9.2e} {st['p99_abs']:9.2e} "
                 f"{_rel(st)}  {str(st['worst_index']):<14} {'ok' if st['passed'] else 'FAIL'}"
                 + (f" ({nf} NaN/Inf)" if nf else "")
-                + ("" if st["passed"] else f"  (would pass at atol {st['min_atol_to_pass']:.2e})")
+                + ("" if st["passed"] else "  (NaN/Inf in different places)" if st.get("nonfinite_mismatch")
+                   else f"  (would pass at atol {_e(st['min_atol_to_pass'])})")
                 + ("  <- worst" if is_worst else "")
             )
     elbo = report.get("elbo")
@@ -371,14 +391,15 @@ def format_report(report: dict[str, Any], *, verbose: bool = False) -> str:
             lines.append(f"  {what}: ERROR {elbo['error']}")
         else:
             lines.append(
-                f"  {what}: reference {elbo['reference_nelbo']:.5f}, candidate {elbo['candidate_nelbo']:.5f} "
-                f"nats; rel diff {elbo['rel_diff']:.2e} (limit {elbo['rtol']:g}) {'ok' if elbo['passed'] else 'FAIL'}"
+                f"  {what}: reference {_e(elbo['reference_nelbo'], '.5f')}, candidate "
+                f"{_e(elbo['candidate_nelbo'], '.5f')} nats; rel diff {_e(elbo['rel_diff'])} (limit {elbo['rtol']:g}) "
+                f"{'ok' if elbo['passed'] else 'FAIL'}"
             )
             if "reference_recon_mae" in elbo:
                 lines.append(
-                    f"  reconstruction mean abs error: reference {elbo['reference_recon_mae']:.5f}, candidate "
-                    f"{elbo['candidate_recon_mae']:.5f}; rel diff {elbo['recon_rel_diff']:.2e} (reported, not gated)"
+                    f"  reconstruction mean abs error: reference {_e(elbo['reference_recon_mae'], '.5f')}, candidate "
+                    f"{_e(elbo['candidate_recon_mae'], '.5f')}; rel diff {_e(elbo['recon_rel_diff'])} (reported, not gated)"
                 )
-    lines.append(f"  worst: max abs error {s['max_abs_error']:.2e} at {s['worst']}; "
-                 f"mean abs error {s.get('mean_abs_error', 0.0):.2e}")
+    lines.append(f"  worst: max abs error {_e(s['max_abs_error'])} at {s['worst']}; "
+                 f"mean abs error {_e(s.get('mean_abs_error'))}")
     return "\n".join(lines)

@@ -7,9 +7,13 @@ silently, with a one-node model, and only ever ask sessions for providers that w
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 
 import onnxruntime as ort
+
+from vae_deploy.errors import ConfigError, ProviderError
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -42,7 +46,10 @@ def provider_works(name: str) -> bool:
     opts.log_severity_level = 4
     ort.set_default_logger_severity(4)
     try:
-        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=[ort_name, "CPUExecutionProvider"])
+        # onnxruntime print()s an "EP Error ... Falling back" block when a provider fails to
+        # load; the probe is silent (README): keep it out of the user's terminal.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            sess = ort.InferenceSession(model.SerializeToString(), opts, providers=[ort_name, "CPUExecutionProvider"])
         return sess.get_providers()[0] == ort_name
     except Exception:
         return False
@@ -54,12 +61,12 @@ def provider_works(name: str) -> bool:
 def resolve(requested: str) -> list[str]:
     """The provider list for a session; raises when an explicit request cannot be met."""
     if requested not in CHOICES:
-        raise ValueError(f"provider must be one of {CHOICES}, got {requested!r}")
+        raise ConfigError(f"provider must be one of {CHOICES}, got {requested!r}")
     if requested == "auto":
         return [PROVIDERS["cuda"], PROVIDERS["cpu"]] if provider_works("cuda") else [PROVIDERS["cpu"]]
     if not provider_works(requested):
         avail = [k for k, v in PROVIDERS.items() if v in ort.get_available_providers() and provider_works(k)]
-        raise RuntimeError(
+        raise ProviderError(
             f"provider {requested!r} was requested but cannot run here (onnxruntime {ort.__version__} "
             f"lists {ort.get_available_providers()}; working: {avail}). Check the CUDA/cuDNN libraries "
             "onnxruntime-gpu needs, or use provider='cpu' or 'auto'."

@@ -21,7 +21,6 @@ from vae_deploy.artifacts import (
     load_manifest,
     parse_shape,
     spec_from_manifest,
-    verify_files,
 )
 from vae_deploy.backends import Backend
 from vae_deploy.engines import check_choice, file_precision, open_engine
@@ -99,7 +98,13 @@ class Runtime(Backend):
         """Open an export folder (checksums checked before any engine reads a file) on ``engine`` at
         ``precision``. ``"auto"`` for either loads the fastest pair that passed its accuracy gate on this
         machine, from the tuning file (``vae-deploy tune``; tuned now when no record fits), at
-        ``batch_size`` (default: the largest tuned batch size)."""
+        ``batch_size`` (default: the largest tuned batch size).
+
+        The export contract (paths inside the folder, checksums unless ``verify_checksums=False``,
+        no random ops, declared shapes) must hold for the two graphs first:
+        :func:`vae_deploy.contract.check_export`."""
+        from vae_deploy.contract import check_export
+
         check_choice(engine, precision)
         folder = Path(path)
         manifest = load_manifest(folder, verify=False)
@@ -114,8 +119,7 @@ class Runtime(Backend):
             kwargs.setdefault("provider", pick.get("provider", "auto"))
             kwargs["force_bf16"] = True  # the tuner only measures bf16 where it is native
         enc, dec = variant_file(manifest, "encoder", precision), variant_file(manifest, "decoder", precision)
-        if verify_checksums:
-            verify_files(folder, manifest, only=[enc, dec])
+        check_export(folder, manifest, [enc, dec], checksums=verify_checksums)
         rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), engine=engine, precision=precision,
                  **kwargs)
         rt.choice_reason = reason

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import sysconfig
@@ -41,6 +42,25 @@ DEFAULT_MAX_DELAY_US = 100
 
 class ServeError(VaeDeployError, RuntimeError):
     """The Triton server could not be started (missing extra, port in use, ...)."""
+
+
+class InvalidRequest(ValueError):
+    """A client's bad request (``n`` or ``seed`` out of range), answered with one line.
+
+    PyTriton sends a failing callable's exception to the client formatted with its traceback
+    (file paths, code lines). This exception reports no traceback, so the client reads only
+    ``vae_deploy.serve.InvalidRequest: <reason>``. PyTriton gives a callable no way to pick
+    the status code, so it stays HTTP 500 / gRPC INTERNAL there; the model repository's
+    sampler (triton_sampler.py, Triton's own Python backend) answers 400 / INVALID_ARGUMENT.
+    """
+
+    @property  # type: ignore[override]
+    def __traceback__(self) -> None:
+        return None
+
+    @__traceback__.setter
+    def __traceback__(self, value: object) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,7 @@ class VaeTritonServer:
         self.options = options or ServeOptions()
         self.stats = {name: CallStats() for name in (ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL)}
         self._triton: Any = None
+        self._tmp: Path | None = None
         self.log_file: Path | None = self.options.log_file
 
     # --- endpoints ---------------------------------------------------------------------
@@ -197,8 +218,11 @@ class VaeTritonServer:
         triton, _, _ = _pytriton()
         o = self.options
         _check_ports_free(o.host, {"http": o.http_port, "grpc": o.grpc_port, "metrics": o.metrics_port})
-        if self.log_file is None:  # Triton's log is long; keep it out of the terminal
-            self.log_file = Path(tempfile.mkdtemp(prefix="vae-deploy-triton-")) / "tritonserver.log"
+        # One temporary folder holds PyTriton's workspace (model store, sockets) and, unless the
+        # options name one, Triton's log (long: kept out of the terminal); stop() removes it.
+        self._tmp = Path(tempfile.mkdtemp(prefix="vae-deploy-triton-"))
+        if self.log_file is None:
+            self.log_file = self._tmp / "tritonserver.log"
         config = triton.TritonConfig(
             http_address=o.host, http_port=o.http_port, grpc_address=o.host, grpc_port=o.grpc_port,
             metrics_address=o.host, metrics_port=o.metrics_port, exit_timeout_secs=o.exit_timeout_s,
@@ -207,22 +231,30 @@ class VaeTritonServer:
         )
         if not o.log_verbose:
             logging.getLogger("pytriton").setLevel(logging.WARNING)
-        self._triton = triton.Triton(config=config)
+        self._triton = triton.Triton(config=config, workspace=str(self._tmp / "workspace"))
         try:
             self._bind()
             with _stub_library_path():
                 self._triton.run()
         except Exception as e:
+            tail = self._log_tail()  # before stop() removes the temporary folder holding the log
             self.stop()
             raise ServeError(f"Triton did not start on {o.host} (http {o.http_port}, grpc {o.grpc_port}, metrics "
-                             f"{o.metrics_port}): {type(e).__name__}: {e}{self._log_tail()}") from e
+                             f"{o.metrics_port}): {type(e).__name__}: {e}{tail}") from e
         return self
 
     def stop(self) -> None:
-        """Stop the server (waits at most ``exit_timeout_s`` for in-flight requests)."""
-        if self._triton is not None:
-            triton, self._triton = self._triton, None
-            triton.stop()
+        """Stop the server (waits at most ``exit_timeout_s`` for in-flight requests) and remove
+        its temporary folder. A second Ctrl-C or SIGTERM meanwhile cannot cut the clean-up short."""
+        with _signals_held():
+            try:
+                if self._triton is not None:
+                    triton, self._triton = self._triton, None
+                    triton.stop()
+            finally:
+                if self._tmp is not None:
+                    shutil.rmtree(self._tmp, ignore_errors=True)
+                    self._tmp = None
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
@@ -324,12 +356,12 @@ class VaeTritonServer:
                 n = r["n"].reshape(-1)
                 # n >= 1: PyTriton cannot return an empty tensor (its shared-memory copy fails on one)
                 if n.size != 1 or not 1 <= int(n[0]) <= max_samples:
-                    raise ValueError(f"n must be one integer in [1, {max_samples}], got {n.tolist()}")
+                    raise InvalidRequest(f"n must be one integer in [1, {max_samples}], got {n.tolist()}")
                 seed = None
                 if "seed" in r:
                     s = r["seed"].reshape(-1)
                     if s.size != 1 or int(s[0]) < 0:
-                        raise ValueError(f"seed must be one non-negative integer, got {s.tolist()}")
+                        raise InvalidRequest(f"seed must be one non-negative integer, got {s.tolist()}")
                     seed = int(s[0])
                 t1 = time.perf_counter()
                 outs.append({"x_hat": rt.sample(int(n[0]), seed=seed)})
@@ -360,6 +392,20 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM inside the block (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def serve(export_dir: str | Path, options: ServeOptions | None = None, *, provider: str = "cpu",
           engine: str = "onnxruntime", on_ready: Callable[[VaeTritonServer], None] | None = None) -> None:
     """Load the export folder and serve it until Ctrl-C or SIGTERM (the CLI's ``serve``)."""
@@ -368,7 +414,18 @@ def serve(export_dir: str | Path, options: ServeOptions | None = None, *, provid
     options = options or ServeOptions()
     runtime = Runtime.load(export_dir, engine=engine, provider=provider, max_batch=options.max_batch,
                            check_finite=False)
-    server = VaeTritonServer(runtime, options).start()
-    if on_ready is not None:
-        on_ready(server)
-    server.serve_forever()
+    server = VaeTritonServer(runtime, options)
+    # SIGTERM while Triton starts must also end in stop(): no temporary folders left behind.
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if (
+        threading.current_thread() is threading.main_thread()) else None
+    try:
+        server.start()
+        if on_ready is not None:
+            on_ready(server)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vae_deploy.artifacts import META_PREFIX
+from vae_deploy.artifacts import META_PREFIX, resolve_inside
 from vae_deploy.errors import ArtifactError, ConfigError
 
 ENCODER_MODEL = "vae_encoder"
@@ -203,7 +203,8 @@ def write_triton_repo(
     are copied only after their manifest checksums match. ``out`` is replaced atomically; a
     folder holding anything but these models is refused rather than overwritten.
     """
-    from vae_deploy.artifacts import load_manifest, verify_files
+    from vae_deploy.artifacts import load_manifest
+    from vae_deploy.contract import check_export
     from vae_deploy.runtime import variant_file
 
     kind = kind.lower()
@@ -219,7 +220,7 @@ def write_triton_repo(
     export_dir, out = Path(export_dir), Path(out)
     manifest = load_manifest(export_dir, verify=False)
     files = {role: variant_file(manifest, role, precision) for role in ("encoder", "decoder")}
-    verify_files(export_dir, manifest, only=list(files.values()))  # ArtifactError on a mismatch
+    check_export(export_dir, manifest, list(files.values()))  # paths, checksums, random ops, shapes
     graphs = {role: read_graph(export_dir / name, role) for role, name in files.items()}
     if graphs["encoder"].latent_shape != graphs["decoder"].latent_shape or (
             graphs["encoder"].input_shape != graphs["decoder"].input_shape):
@@ -251,7 +252,9 @@ def _write_model(folder: Path, config: str, graph: GraphInfo) -> None:
     (folder / "config.pbtxt").write_text(config)
     shutil.copyfile(graph.file, folder / "1" / "model.onnx")
     for rel in graph.external_data:  # large models keep weights beside the graph
-        src = graph.file.parent / rel
+        # check_export refused locations outside the export folder; check again here, at the
+        # point of reading, so this function is safe on its own too.
+        src = resolve_inside(graph.file.parent, rel, f"{graph.file.name} external data")
         if not src.is_file():
             raise ArtifactError(f"{str(graph.file)!r} refers to external data {rel!r}, which is missing")
         (folder / "1" / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,13 @@ def draw_latents(n: int, latent_shape: tuple[int, ...], seed: int | None,
     return gen.standard_normal((n, *latent_shape), dtype=np.float32)
 
 
+def _error(message: str, invalid: bool) -> object:
+    """A TritonError with code INVALID_ARG for a bad request (Triton >= 23.03 takes a code;
+    older ones answer INTERNAL with the same one-line message)."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid else None
+    return pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+
+
 class TritonPythonModel:
     """Triton's Python-backend entry points: initialize once, execute per batch of requests."""
 
@@ -44,9 +51,12 @@ class TritonPythonModel:
     def _one(self, request) -> object:
         try:
             n, seed = self._read(request)
+        except ValueError as e:  # the client's mistake: HTTP 400 / gRPC INVALID_ARGUMENT, one line
+            return pb_utils.InferenceResponse(output_tensors=[], error=_error(str(e), invalid=True))
+        try:
             x_hat = self._decode(draw_latents(n, self.latent_shape, seed, self.rng))
         except (ValueError, RuntimeError) as e:
-            return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(e)))
+            return pb_utils.InferenceResponse(output_tensors=[], error=_error(str(e), invalid=False))
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.out_name, x_hat)])
 
     def _read(self, request) -> tuple[int, int | None]:

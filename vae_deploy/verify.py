@@ -28,7 +28,6 @@ from vae_deploy.artifacts import (
     ExportSpec,
     file_status,
     load_manifest,
-    parse_shape,
     spec_from_manifest,
 )
 from vae_deploy.errors import ArtifactError
@@ -52,10 +51,12 @@ def check_integrity(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_contract(folder: Path, manifest: dict[str, Any], reference: Exportable | None) -> dict[str, Any]:
-    """Manifest, ONNX metadata, declared graph shapes and the reference model must agree."""
-    import onnx
+    """The export contract (:func:`vae_deploy.contract.contract_problems`: paths inside the
+    folder, no random ops, metadata and declared input/output shapes against the manifest),
+    and the reference model against the manifest and metadata."""
+    from vae_deploy.contract import contract_problems, load_graph
 
-    problems: list[str] = []
+    problems = contract_problems(folder, manifest, checksums=False)  # checksums: the integrity section
     m = manifest["model"]
     want_in, want_lat = tuple(m["input_shape"]), tuple(m["latent_shape"])
     if reference is not None:
@@ -67,30 +68,18 @@ def check_contract(folder: Path, manifest: dict[str, Any], reference: Exportable
             problems.append(
                 f"exported from a different checkpoint: manifest source sha256 "
                 f"{manifest['source']['sha256'][:12]}..., reference checkpoint {ref.source_sha256[:12]}...")
-    for name, entry in manifest.get("files", {}).items():
-        if entry.get("format") != "onnx" or not (folder / name).is_file():
-            continue
-        try:
-            model = onnx.load(str(folder / name), load_external_data=False)
-        except Exception as e:
-            problems.append(f"{name}: cannot be parsed as ONNX ({type(e).__name__})")
-            continue
-        meta = {p.key: p.value for p in model.metadata_props}
-        role = entry.get("role")
-        item = want_in if role == "encoder" else want_lat
-        for key, want in (("input_shape", want_in), ("latent_shape", want_lat)):
-            got = meta.get(META_PREFIX + key)
-            if got is None or parse_shape(got) != want:
-                problems.append(f"{name}: metadata {key} is {got!r}, manifest says {','.join(map(str, want))!r}")
-        src = meta.get(META_PREFIX + "source_sha256")
-        if reference is not None and reference.spec.source_sha256 and src and src != reference.spec.source_sha256:
-            problems.append(f"{name}: exported from a different checkpoint (metadata source sha256 {src[:12]}..., "
-                            f"reference {reference.spec.source_sha256[:12]}...)")
-        dims = model.graph.input[0].type.tensor_type.shape.dim
-        declared = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in dims[1:])
-        if len(declared) != len(item) or any(d >= 0 and e >= 0 and d != e for d, e in zip(declared, item)):
-            problems.append(f"{name}: graph input is [N, {', '.join('?' if d < 0 else str(d) for d in declared)}], "
-                            f"contract says [N, {', '.join(map(str, item))}]")
+        if ref.source_sha256 and not any(p.startswith("manifest file") for p in problems):
+            for name, entry in manifest.get("files", {}).items():
+                if entry.get("format") != "onnx" or not (folder / name).is_file():
+                    continue
+                try:
+                    meta = {p.key: p.value for p in load_graph(folder / name).metadata_props}
+                except ArtifactError:
+                    continue  # contract_problems reported it
+                src = meta.get(META_PREFIX + "source_sha256")
+                if src and src != ref.source_sha256:
+                    problems.append(f"{name}: exported from a different checkpoint (metadata source sha256 "
+                                    f"{src[:12]}..., reference {ref.source_sha256[:12]}...)")
     return {"passed": not problems, "problems": problems}
 
 
@@ -120,6 +109,8 @@ def _reference_from(manifest: dict[str, Any], checkpoint: str | Path | None) -> 
     if not path:
         raise ArtifactError("no reference checkpoint: the manifest records none; pass --checkpoint")
     if not Path(path).is_file():
+        if checkpoint is not None:
+            raise ArtifactError(f"the reference checkpoint {str(path)!r} does not exist or is not a file")
         raise ArtifactError(f"the reference checkpoint {str(path)!r} recorded in the manifest is gone; pass --checkpoint")
     return from_checkpoint(load_checkpoint(path)), str(path)
 
@@ -337,6 +328,10 @@ def verify_export(
     else:
         ref_path = reference.spec.source_path or "<in-memory model>"
     spec = reference.spec if reference is not None else spec_from_manifest(manifest)
+    if reference is not None:
+        from vae_deploy.exporters.finite import require_finite
+
+        require_finite(reference, "reference model", error=ArtifactError)
     integrity = check_integrity(folder, manifest)
     contract = check_contract(folder, manifest, reference)
     prog = Progress("verify", progress)

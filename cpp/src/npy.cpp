@@ -51,11 +51,25 @@ Tensor read_npy(const std::string& path) {
   const std::string descr = field(header, "descr", "'([^']*)'", path);
   if (field(header, "fortran_order", "(True|False)", path) == "True")
     throw Error(path + ": array is in Fortran order; save it C-contiguous (np.ascontiguousarray)");
+  // Each dimension must be a plain non-negative integer: "(-2, 8)" is refused, not read as
+  // [2, 8], and a number too large for the platform is an error, not std::out_of_range.
   Shape shape;
   const std::string dims = field(header, "shape", "\\(([^)]*)\\)", path);
-  const std::regex number("\\d+");
-  for (auto it = std::sregex_iterator(dims.begin(), dims.end(), number); it != std::sregex_iterator(); ++it)
-    shape.push_back(std::stoll(it->str()));
+  const std::regex digits("\\d{1,18}");
+  std::size_t start = 0;
+  while (start <= dims.size()) {
+    std::size_t end = dims.find(',', start);
+    if (end == std::string::npos) end = dims.size();
+    std::string tok = dims.substr(start, end - start);
+    tok.erase(0, tok.find_first_not_of(" \t"));
+    tok.erase(tok.find_last_not_of(" \t") + 1);
+    start = end + 1;
+    if (tok.empty()) continue;  // "(3,)" and "()"
+    if (!std::regex_match(tok, digits))
+      throw Error(path + ": .npy shape (" + dims + ") has the dimension '" + tok +
+                  "'; expected non-negative integers");
+    shape.push_back(std::stoll(tok));
+  }
 
   int size = 0;
   if (descr == "<f4" || descr == ">f4") size = 4;
@@ -64,12 +78,20 @@ Tensor read_npy(const std::string& path) {
     throw Error(path + ": dtype '" + descr + "' is not supported; expected float32 ('<f4') or float64 ('<f8')");
   const bool little = descr[0] == '<';
 
-  Tensor t(shape);
-  const std::size_t need = t.data.size() * static_cast<std::size_t>(size);
+  // Compare the declared size with the file before allocating anything, with an overflow
+  // check: a 192-byte file must not make us allocate gigabytes.
   const std::size_t have = bytes.size() - header_start - header_len;
+  std::size_t need = static_cast<std::size_t>(size);
+  for (const auto d : shape) {
+    const auto dim = static_cast<std::size_t>(d);
+    if (dim != 0 && need > SIZE_MAX / dim)
+      throw Error(path + ": array " + to_string(shape) + " is too large to address on this machine");
+    need *= dim;
+  }
   if (have < need)
     throw Error(path + ": array " + to_string(shape) + " of " + descr + " needs " + std::to_string(need) +
                 " data bytes, the file has " + std::to_string(have));
+  Tensor t(shape);
   const unsigned char* p = u + header_start + header_len;
   for (float& v : t.data) {
     unsigned char b[8];

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import friendly_errors, ints
+from vae_deploy.cli.options import check_writable, friendly_errors, ints
 
 
 @click.command()
@@ -48,6 +48,9 @@ def bench(
     from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
     from vae_deploy.bench.report import write_report
 
+    check_writable(out, "--out", folder=True)
+    if backends:
+        _check_backend_patterns([b.strip() for b in backends.split(",") if b.strip()], export_dir)
     cfg = BenchConfig.make(
         quick=quick, batch_sizes=batch_sizes, reference_models=reference_models, threads=threads, rounds=rounds,
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
@@ -65,3 +68,20 @@ def bench(
         click.echo(PLOTS_SKIPPED, err=True)
     print_summary(report)
     click.echo(f"report: {paths['markdown']} ({report['duration_s']:.0f} s)")
+
+
+def _check_backend_patterns(patterns: list[str], export_dir: Path | None) -> None:
+    """Every --backends name or pattern must match a backend this run could have: a typo
+    would otherwise measure nothing and fail at the end."""
+    import fnmatch
+
+    from vae_deploy.artifacts import load_manifest
+    from vae_deploy.bench import BASE_BACKENDS, ORT, precision_variants
+
+    known = list(BASE_BACKENDS)
+    if export_dir is not None:
+        known += [f"{ORT}-{p}" for p in precision_variants(load_manifest(export_dir, verify=False))]
+    unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(k, p) for k in known)]
+    if unknown:
+        raise click.BadParameter(f"{unknown} match no backend; expected names or patterns among {known}",
+                                 param_hint="--backends")

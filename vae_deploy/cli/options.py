@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if err is None:
                 raise
             raise err from None
+        except MemoryError as e:
+            raise click.ClickException(f"out of memory ({e or 'allocation failed'}): ask for fewer examples "
+                                       "(-n, --batch-sizes) or a smaller model") from None
 
     return wrapper
 
@@ -81,6 +86,48 @@ def write_json(path: Path | None, obj: Any) -> None:
 def to_stdout(path: Path | None) -> bool:
     """True when ``--json -`` claims standard output: human-readable text goes to stderr."""
     return path is not None and str(path) == "-"
+# Batch sizes past this are typos, not workloads: refused before anything is allocated.
+MAX_BATCH_SIZE = 1 << 20
+
+
+def check_writable(path: Path | None, flag: str, *, folder: bool = False) -> None:
+    """Fail now, not after a long run, when ``path`` cannot be written: a parent that is a
+    file, a folder where a file is expected (or the reverse), or no write permission."""
+    if path is None:
+        return
+    if path.exists():
+        if folder != path.is_dir():
+            raise click.BadParameter(f"{str(path)!r} is {'a file' if folder else 'a folder'}; expected a "
+                                     f"{'folder' if folder else 'file'} path", param_hint=flag)
+        if not os.access(path, os.W_OK):
+            raise click.BadParameter(f"{str(path)!r} is not writable", param_hint=flag)
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder",
+                                 param_hint=flag)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"cannot create {str(path)!r}: {str(parent)!r} is not writable", param_hint=flag)
+
+
+def check_memory(nbytes: int, what: str, flag: str | None = None) -> None:
+    """Refuse a request whose arrays alone would take more than the machine's memory."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return
+    if nbytes > total:
+        raise click.BadParameter(f"{what} needs {nbytes / 2**30:.1f} GiB, more than this machine's "
+                                 f"{total / 2**30:.1f} GiB of memory", param_hint=flag)
+
+
+def finite_nonneg(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    """A tolerance: a finite number >= 0 (click's FloatRange lets NaN through)."""
+    if value is not None and not (math.isfinite(value) and value >= 0):
+        raise click.BadParameter(f"expected a finite number >= 0, got {value!r}")
+    return value
 
 
 def ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -92,6 +139,8 @@ def ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
     if not out or any(v < 1 for v in out):
         raise click.BadParameter(f"expected positive integers, got {value!r}")
+    if param is not None and param.name in ("batch_sizes",) and max(out) > MAX_BATCH_SIZE:
+        raise click.BadParameter(f"batch sizes must be at most {MAX_BATCH_SIZE}, got {max(out)}")
     return out
 
 

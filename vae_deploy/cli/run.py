@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import engine_options, friendly_errors, ints, runtime_kwargs
+from vae_deploy.cli.options import (
+    check_memory,
+    check_writable,
+    engine_options,
+    friendly_errors,
+    ints,
+    runtime_kwargs,
+)
 
 TILE_HELP = ("Decode (and encode) in overlapping latent tiles of this size, diffusers' tiling rule: memory follows "
              "the tile, not the image. A multiple of 4, e.g. 64 for Stable Diffusion (512 px tiles).")
@@ -15,7 +22,7 @@ TILE_HELP = ("Decode (and encode) in overlapping latent tiles of this size, diff
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Non-negative integer (default: fresh entropy).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write samples as .npy.")
@@ -28,10 +35,17 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
            tuning_file: Path | None, out: Path | None, grid: Path | None, latent_shape: tuple[int, ...] | None,
            tile: int | None) -> None:
     """Draw samples from an exported decoder (z ~ N(0, I) in the host)."""
+    import math
+
     from vae_deploy.images import save_grid, save_npy
     from vae_deploy.runtime import Runtime
 
+    check_writable(out, "--out")
+    check_writable(grid, "--grid")
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
+    shape = rt.sample_latent_shape(latent_shape)
+    ratio = max(1, math.prod(rt.spec.concrete_input_shape) // max(1, math.prod(rt.spec.concrete_latent_shape)))
+    check_memory(n * 4 * math.prod(shape) * (1 + ratio), f"{n} samples", "-n")
     try:
         x = rt.sample(n, seed=seed, latent_shape=latent_shape, tile=tile)
     except ValueError as e:
@@ -50,7 +64,7 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
 @click.option("--sample/--mean", "stochastic", default=False, help="Decode a posterior sample instead of the mean.")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Non-negative integer (default: fresh entropy).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PNG: the inputs (captioned 'input') above their reconstructions.")
@@ -66,8 +80,10 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, prec
     from vae_deploy.images import save_labelled_grid, save_npy
     from vae_deploy.runtime import Runtime
 
+    check_writable(out, "--out")
+    check_writable(grid, "--grid")
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
-    x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli")
+    x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli", min_examples=1)
     if x.shape[1:] != rt.input_shape and x.ndim == 2 and x.shape[1] == int(np.prod(rt.input_shape)):
         x = x.reshape(-1, *rt.input_shape)
     try:

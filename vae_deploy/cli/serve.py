@@ -60,7 +60,7 @@ def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_p
         batching = "off" if no_dynamic_batching else f"on, max delay {max_delay_us} us"
         click.echo(f"serving vae_encoder, vae_decoder, vae_sampler on {server.runtime.engine.label}: http {server.http_url}, "
                    f"grpc {server.grpc_url} (dynamic batching {batching}, max batch {max_batch})\n"
-                   f"Triton log: {server.log_file}\nCtrl-C to stop", err=True)
+                   f"Triton log: {server.log_file} (removed on stop)\nCtrl-C to stop", err=True)
 
     run_server(export_dir, options, provider=provider, engine=engine, on_ready=ready)
     click.echo("stopped", err=True)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from vae_deploy.cli.options import friendly_errors, ints, json_option, to_stdout, write_json
+from vae_deploy.cli.options import check_writable, friendly_errors, ints, json_option, to_stdout, write_json
 
 # Options that define the model, the data or the optimisation: a resumed run takes them from
 # the checkpoint, so giving one with --resume is a mistake worth a clear error.
@@ -86,6 +86,7 @@ def train(
     from vae_deploy.train_logs import CsvLog, Sink, TensorBoardLog, require_tensorboard
 
     resolve_device(device)  # fail before loading anything
+    check_writable(out, "--out")  # before training, not after it
     if tensorboard is not None:
         require_tensorboard()
     if log_csv is not None and log_csv.is_dir():
@@ -178,6 +179,11 @@ def info(path: Path, show_history: bool, json_path: Path | None) -> None:
         from vae_deploy.describe import describe_export
 
         click.echo(describe_export(path))
+        return
+    if path.suffix == ".onnx":
+        from vae_deploy.describe import describe_onnx
+
+        click.echo(describe_onnx(path))
         return
     from vae_deploy.checkpoint import load_checkpoint
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from vae_deploy.cli.options import (
+    check_writable,
+    finite_nonneg,
     friendly_errors,
     ints,
     json_option,
@@ -32,8 +34,10 @@ from vae_deploy.cli.options import (
 @click.option("--strict-edges", is_flag=True,
               help="Fail on constant-input edge cases too (by default, on GroupNorm models whose real-data cases "
                    "pass, they are warnings).")
-@click.option("--atol", type=float, default=None, help="Override the precision's absolute tolerance.")
-@click.option("--rtol", type=float, default=None, help="Override the precision's relative tolerance.")
+@click.option("--atol", type=float, default=None, callback=finite_nonneg,
+              help="Override the precision's absolute tolerance.")
+@click.option("--rtol", type=float, default=None, callback=finite_nonneg,
+              help="Override the precision's relative tolerance.")
 @click.option("--backends", default=None,
               help="Comma-separated subset, e.g. ort-cpu,torchscript,ort-cpu-int8 (names as in the report).")
 @click.option("--engine", "engines", type=click.Choice(["all", "onnxruntime", "openvino"]), default="all",
@@ -55,6 +59,8 @@ def verify(export_dir: Path, checkpoint: Path | None, data: Path | None, batch_s
     """
     from vae_deploy.verify import verify_export
 
+    if not to_stdout(json_path):
+        check_writable(json_path, "--json")  # before the run, not after it
     if data is not None and not data.is_file():
         raise click.BadParameter(f"expected a .npy/.npz file, got {str(data)!r} (not a file)", param_hint="--data")
     if input_shape is None and (model_target or diffusers_path):

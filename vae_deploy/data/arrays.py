@@ -46,7 +46,7 @@ def resolve_layout(shape: tuple[int, ...], layout: str | None, source: str) -> t
 
 def load_array_file(
     path: str | Path, *, bernoulli: bool = True, layout: str | None = None, keep_uint8: bool = False,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, min_examples: int = 2,
 ) -> np.ndarray:
     """Read and validate a user's ``.npy``/``.npz`` array of examples (see :func:`validate_array`)."""
     p = Path(path)
@@ -77,12 +77,12 @@ def load_array_file(
     else:
         arr = loaded
     return validate_array(arr, source=str(p), bernoulli=bernoulli, layout=layout, keep_uint8=keep_uint8,
-                          notes=notes)
+                          notes=notes, min_examples=min_examples)
 
 
 def validate_array(
     arr: np.ndarray, *, source: str = "array", bernoulli: bool = True, layout: str | None = None,
-    keep_uint8: bool = False, notes: list[str] | None = None,
+    keep_uint8: bool = False, notes: list[str] | None = None, min_examples: int = 2,
 ) -> np.ndarray:
     """Check shape, dtype, finiteness and range; return ``[N, *input_shape]``, images as ``[N, C, H, W]``.
 
@@ -90,6 +90,7 @@ def validate_array(
     either layout (see the module docstring). ``uint8`` data is scaled by 1/255, or kept as
     ``uint8`` with ``keep_uint8`` (training scales it per batch); other data becomes float32,
     and Bernoulli data must lie in [0, 1]. A layout notice is appended to ``notes``.
+    ``min_examples``: 2 for training (a train and a test split), 1 to reconstruct.
     """
     arr = np.asarray(arr)
     if arr.dtype.kind not in "biuf":
@@ -100,8 +101,11 @@ def validate_array(
         )
     if layout is not None and arr.ndim != 4:
         raise DataError(f"{source}: --layout applies to 4-D image arrays, got shape {list(arr.shape)}")
-    if arr.shape[0] < 2:
-        raise DataError(f"{source}: need at least 2 examples to split into train and test, got {arr.shape[0]}")
+    if 0 in arr.shape[1:]:
+        raise DataError(f"{source}: every axis of an example needs a positive size, got shape {list(arr.shape)}")
+    if arr.shape[0] < min_examples:
+        raise DataError(f"{source}: need at least {min_examples} example{'s' if min_examples > 1 else ''}"
+                        + (" to split into train and test" if min_examples == 2 else "") + f", got {arr.shape[0]}")
     if arr.ndim == 4:
         resolved, note = resolve_layout(tuple(arr.shape), layout, source)
         if resolved == "nhwc":

@@ -2,8 +2,8 @@
 
 Everything is written into a temporary sibling folder; only when every graph exported,
 passed ``onnx.checker`` and (unless ``verify=False``) matched the eager model does that
-folder replace ``out_dir``. Files in ``out_dir`` that are not export artifacts (a tracked
-README, say) are carried over.
+folder replace ``out_dir``. Files in ``out_dir`` that its old manifest did not list (a tracked
+README, say) are carried over; writing.py says which folders may be a target.
 
 ``precisions`` adds variants beside the base fp32 graphs (``fp32-fast``, ``int8``,
 ``fp16``; see variants.py). Each is verified on its own; one that fails its tolerance is
@@ -13,10 +13,7 @@ the manifest's ``variants`` section), unless ``strict=True``.
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,8 +24,10 @@ import numpy as np
 import torch
 
 from vae_deploy.errors import ExportError
-from vae_deploy.exporters.manifest import MANIFEST, build_manifest, file_entry, write_manifest
-from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, export_onnx
+from vae_deploy.exporters import writing
+from vae_deploy.exporters.finite import require_finite
+from vae_deploy.exporters.manifest import build_manifest, file_entry, write_manifest
+from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, check_opset, export_onnx
 from vae_deploy.exporters.spec import Exportable, ExportSpec
 from vae_deploy.exporters.torchscript import TORCHSCRIPT_METHOD, export_torchscript
 from vae_deploy.exporters.variants import PRECISIONS, Variant, parse_precisions
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
 
 FORMATS = ("onnx", "torchscript")
 VERIFY_BATCH_SIZES = (1, 37)
-_ARTIFACT = re.compile(r"^(encoder|decoder)(\.[\w-]+)?\.(onnx|ts)$")
 
 __all__ = ["ExportResult", "export", "FORMATS", "PRECISIONS", "Variant"]
 
@@ -131,17 +129,16 @@ def export(
     precisions = parse_precisions(precisions)
     if len(precisions) > 1 and "onnx" not in formats:
         raise ExportError(f"precision variants {list(precisions[1:])} are ONNX files: add 'onnx' to the formats")
+    out = Path(out_dir)
+    writing.check_target(out)  # before any long work: see writing.py for what may be a target
+    if "onnx" in formats:
+        check_opset(opset)
     with prog.stage("loading and probing the model"):
         exp = to_exportable(model_or_ckpt, example_input, likelihood=likelihood, dynamic_spatial=dynamic_spatial,
                             source_path=source_path)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {str(out)!r} exists and is not a folder")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise ExportError(f"cannot write to {str(out.parent)!r}: {e}") from None
+    require_finite(exp, error=ExportError)
+    writing.sweep_stale(out)
+    tmp = writing.make_temp(out)
     try:
         files = _write_graphs(exp, tmp, formats, opset, prog)
         plan = _plan(exp, tmp, formats, batch_sizes)
@@ -171,8 +168,8 @@ def export(
         if variants:
             manifest["variants"] = {v.precision: v.manifest_entry() for v in variants}
         write_manifest(tmp, manifest)
-        _carry_over_foreign_files(out, tmp)
-        _swap_into_place(tmp, out)
+        writing.carry_over(out, tmp)
+        writing.swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -368,32 +365,3 @@ def _parity_summary(reports: list[dict[str, Any]], batch_sizes: Sequence[int]) -
         "inputs": reports[0]["inputs"] if reports else {},
         "warnings": {r["candidate"]: r["summary"]["warnings"] for r in reports if r["summary"].get("warnings")},
     }
-
-
-def _carry_over_foreign_files(out: Path, tmp: Path) -> None:
-    """Keep what the user put in ``out`` (not our artifacts) across the swap."""
-    if not out.is_dir():
-        return
-    for p in out.iterdir():
-        if p.name == MANIFEST or _ARTIFACT.match(p.name) or (tmp / p.name).exists():
-            continue
-        if p.is_dir():
-            shutil.copytree(p, tmp / p.name, symlinks=True)
-        else:
-            shutil.copy2(p, tmp / p.name, follow_symlinks=False)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Two renames on one filesystem; the old folder is removed only after the new one is in place."""
-    os.chmod(tmp, 0o755)
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}"
-        os.replace(out, old)
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old, out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)

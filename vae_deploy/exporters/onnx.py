@@ -22,6 +22,15 @@ from vae_deploy.exporters._quiet import quiet_torch
 
 EXPORTER_NAME = "torch.onnx.export(dynamo=True)"
 DEFAULT_OPSET = 18
+MIN_OPSET = 14
+
+
+def check_opset(opset: int) -> None:
+    """Refuse, before any work, an opset this onnx does not know: the exporter would quietly
+    write another one, and the manifest would claim a version the graphs do not have."""
+    newest = onnx.defs.onnx_opset_version()
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
+        raise ExportError(f"opset must be an integer in [{MIN_OPSET}, {newest}] (onnx {onnx.__version__}), got {opset!r}")
 RANDOM_OPS = frozenset(
     {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 )
@@ -68,6 +77,10 @@ def export_onnx(
             raise ExportError(f"ONNX export of the {metadata.get('vae_deploy.role', 'model')} failed: "
                               f"{type(e).__name__}: {e}" + (f"\nexporter log:\n{tail}" if tail else "")) from e
     model = onnx.load(str(path))
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"asked for ONNX opset {opset}, but torch's exporter wrote opset {written}; "
+                          f"pick an opset it supports (default {DEFAULT_OPSET})")
     _require_dynamic(model, dynamic_dims, metadata.get("vae_deploy.role", "model"))
     _rename_dynamic_dims(model, dynamic_dims)
     del model.metadata_props[:]

@@ -1,0 +1,140 @@
+"""Every subcommand, given bad arguments, answers with one ``Error:`` line and exit 1 (2 for
+usage), never a traceback, and before any long work.
+
+To cover a new command, add rows to ``CASES``: (id, argv, exit code, text the error must
+contain). ``{export}``, ``{ckpt}`` and ``{tmp}`` are filled in: a valid export folder, a valid
+checkpoint, and a folder with the bad inputs ``_bad_inputs`` writes (``afile`` is a plain
+file, so ``afile/x`` can never be created).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vae_deploy.cli import main
+
+CASES: list[tuple[str, list[str], int, str]] = [
+    # train
+    ("train-zero-axis", ["train", "--data", "{tmp}/zero.npy", "--epochs", "1"], 1, "positive size"),
+    ("train-one-example", ["train", "--data", "{tmp}/one.npy", "--epochs", "1"], 1, "at least 2"),
+    ("train-out-unwritable", ["train", "--epochs", "1", "--out", "{tmp}/afile/ckpt.pt"], 2, "is a file"),
+    ("train-bad-data-name", ["train", "--data", "nonsense", "--epochs", "1"], 1, "unknown dataset"),
+    ("train-lr-zero", ["train", "--lr", "0"], 2, "--lr"),
+    ("train-hidden-text", ["train", "--hidden", "a,b"], 2, "comma-separated integers"),
+    # info
+    ("info-broken-onnx", ["info", "{tmp}/bad.onnx"], 1, "cannot be parsed as ONNX"),
+    ("info-not-a-checkpoint", ["info", "{tmp}/afile"], 1, "not a PyTorch file"),
+    ("info-manifest-missing-model", ["info", "{tmp}/no_model"], 1, "lacks ['model']"),
+    ("info-manifest-missing-files", ["info", "{tmp}/no_files"], 1, "lacks ['files']"),
+    ("info-missing", ["info", "{tmp}/nothing"], 2, "does not exist"),
+    # export
+    ("export-opset-99", ["export", "{ckpt}", "--out", "{tmp}/e", "--opset", "99"], 1, "opset must be"),
+    ("export-opset-low", ["export", "{ckpt}", "--out", "{tmp}/e", "--opset", "7"], 2, "--opset"),
+    ("export-out-under-file", ["export", "{ckpt}", "--out", "{tmp}/afile/x"], 1, "is a file"),
+    ("export-out-cwd", ["export", "{ckpt}", "--out", "."], 1, "current folder"),
+    ("export-out-root", ["export", "{ckpt}", "--out", "/"], 1, "filesystem root"),
+    ("export-out-fifo", ["export", "{ckpt}", "--out", "{tmp}/with_fifo"], 1, "FIFO"),
+    ("export-out-busy", ["export", "{ckpt}", "--out", "{tmp}/busy"], 1, "does not look like an export folder"),
+    ("export-not-a-checkpoint", ["export", "{tmp}/afile", "--out", "{tmp}/e"], 1, "not a PyTorch file"),
+    ("export-bad-format", ["export", "{ckpt}", "--format", "pickle"], 2, "--format"),
+    ("export-bad-precision", ["export", "{ckpt}", "--precision", "int3"], 2, "--precision"),
+    ("export-no-source", ["export"], 2, "CHECKPOINT"),
+    # sample
+    ("sample-negative-seed", ["sample", "{export}", "--seed", "-5"], 2, "--seed"),
+    ("sample-huge-n", ["sample", "{export}", "-n", "100000000000"], 2, "more than this machine"),
+    ("sample-zero-n", ["sample", "{export}", "-n", "0"], 2, "-n"),
+    ("sample-no-cuda", ["sample", "{export}", "--provider", "cuda", "-n", "1"], 1, "cannot run here"),
+    ("sample-bad-precision", ["sample", "{export}", "--precision", "int4"], 1, "no decoder ONNX file"),
+    ("sample-out-unwritable", ["sample", "{export}", "--out", "{tmp}/afile/x.npy"], 2, "is a file"),
+    ("sample-grid-unwritable", ["sample", "{export}", "--grid", "{tmp}/afile/x.png"], 2, "is a file"),
+    ("sample-not-an-export", ["sample", "{tmp}"], 1, "no manifest.json"),
+    ("sample-manifest-missing-model", ["sample", "{tmp}/no_model"], 1, "lacks ['model']"),
+    # reconstruct
+    ("reconstruct-other-size", ["reconstruct", "{export}", "{tmp}/other.npy"], 1, "expected shape"),
+    ("reconstruct-not-numpy", ["reconstruct", "{export}", "{tmp}/afile"], 1, "expected a .npy or .npz"),
+    ("reconstruct-nan", ["reconstruct", "{export}", "{tmp}/nan.npy"], 1, "NaN"),
+    ("reconstruct-negative-seed", ["reconstruct", "{export}", "{tmp}/one.npy", "--seed", "-1"], 2, "--seed"),
+    ("reconstruct-out-unwritable", ["reconstruct", "{export}", "{tmp}/one.npy", "--out", "{tmp}/afile/x"], 2,
+     "is a file"),
+    # verify
+    ("verify-atol-negative", ["verify", "{export}", "--atol", "-1"], 2, "--atol"),
+    ("verify-atol-nan", ["verify", "{export}", "--atol", "nan"], 2, "--atol"),
+    ("verify-rtol-inf", ["verify", "{export}", "--rtol", "inf"], 2, "--rtol"),
+    ("verify-huge-batch", ["verify", "{export}", "--batch-sizes", "100000000000"], 2, "at most"),
+    ("verify-json-unwritable", ["verify", "{export}", "--json", "{tmp}/afile/r.json"], 2, "is a file"),
+    ("verify-bad-backend", ["verify", "{export}", "--backends", "bogus"], 1, "unknown or unavailable backend"),
+    ("verify-not-an-export", ["verify", "{tmp}"], 1, "no manifest.json"),
+    ("verify-missing-checkpoint", ["verify", "{export}", "--checkpoint", "{tmp}/nothing.pt"], 1, "does not exist"),
+    # triton-repo
+    ("triton-out-is-file", ["triton-repo", "{export}", "--out", "{tmp}/afile"], 2, "is a file"),
+    ("triton-out-busy", ["triton-repo", "{export}", "--out", "{tmp}/busy"], 1, "not this tool's models"),
+    ("triton-not-an-export", ["triton-repo", "{tmp}/nothing", "--out", "{tmp}/r"], 1, "does not exist"),
+    ("triton-manifest-missing-files", ["triton-repo", "{tmp}/no_files", "--out", "{tmp}/r"], 1, "lacks ['files']"),
+    ("triton-zero-batch", ["triton-repo", "{export}", "--max-batch", "0"], 2, "--max-batch"),
+    # serve (every case fails before a server starts)
+    ("serve-not-an-export", ["serve", "{tmp}/nothing"], 1, "does not exist"),
+    ("serve-same-ports", ["serve", "{export}", "--http-port", "8000", "--grpc-port", "8000"], 1, "distinct"),
+    ("serve-bad-port", ["serve", "{export}", "--http-port", "70000"], 2, "--http-port"),
+    ("serve-no-cuda", ["serve", "{export}", "--provider", "cuda"], 1, "cannot run here"),
+    # bench
+    ("bench-bogus-backend", ["bench", "{export}", "--backends", "bogus", "--quick"], 2, "match no backend"),
+    ("bench-huge-batch", ["bench", "{export}", "--batch-sizes", "100000000000", "--quick"], 2, "at most"),
+    ("bench-out-is-file", ["bench", "{export}", "--out", "{tmp}/afile", "--quick"], 2, "--out"),
+    ("bench-bad-ops", ["bench", "{export}", "--ops", "train", "--quick", "--out", "{tmp}/b"], 1, "unknown op"),
+    # the group itself
+    ("unknown-command", ["frobnicate"], 2, "No such command"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, exports) -> Path:
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "afile").write_text("not a folder, not a checkpoint")
+    (tmp / "bad.onnx").write_bytes(b"\x08\x07garbage that is not a protobuf \xff\xff")
+    np.save(tmp / "zero.npy", np.zeros((10, 0), np.float32))
+    np.save(tmp / "one.npy", np.zeros((1, 1, 8, 8), np.float32))
+    np.save(tmp / "other.npy", np.zeros((3, 1, 5, 5), np.float32))
+    np.save(tmp / "nan.npy", np.full((2, 1, 8, 8), np.nan, np.float32))
+    for name, key in (("no_model", "model"), ("no_files", "files")):
+        shutil.copytree(exports["mlp"], tmp / name)
+        m = json.loads((tmp / name / "manifest.json").read_text())
+        del m[key]
+        (tmp / name / "manifest.json").write_text(json.dumps(m))
+    (tmp / "busy" / "photos").mkdir(parents=True)
+    (tmp / "busy" / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
+    shutil.copytree(exports["mlp"], tmp / "with_fifo")
+    import os
+
+    os.mkfifo(tmp / "with_fifo" / "pipe")
+    return tmp
+
+
+@pytest.mark.parametrize("argv, code, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_arguments_give_one_error_line(bad_inputs, exports, tiny_ckpts, monkeypatch, argv, code, needle):
+    if "cuda" in argv:
+        from vae_deploy.providers import provider_works
+
+        if provider_works("cuda"):
+            pytest.skip("CUDA works on this machine: there is nothing to refuse")
+    monkeypatch.chdir(bad_inputs)
+    args = [a.format(export=exports["mlp"], ckpt=tiny_ckpts["mlp"], tmp=bad_inputs) for a in argv]
+    before = sorted(p.name for p in bad_inputs.iterdir())
+    t = time.perf_counter()
+    r = CliRunner().invoke(main, args)
+    took = time.perf_counter() - t
+    out = r.output
+    assert r.exit_code == code, out
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "Traceback" not in out and "EP Error" not in out, out
+    errors = [ln for ln in out.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, out
+    assert needle in out, out
+    assert took < 20, f"refused only after {took:.0f} s of work"
+    assert sorted(p.name for p in bad_inputs.iterdir()) == before, "a bad command left files behind"
