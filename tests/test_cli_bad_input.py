@@ -51,7 +51,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("sample-huge-n", ["sample", "{export}", "-n", "100000000000"], 2, "more than this machine"),
     ("sample-zero-n", ["sample", "{export}", "-n", "0"], 2, "-n"),
     ("sample-no-cuda", ["sample", "{export}", "--provider", "cuda", "-n", "1"], 1, "cannot run here"),
-    ("sample-bad-precision", ["sample", "{export}", "--precision", "int4"], 1, "no decoder ONNX file"),
+    ("sample-bad-precision", ["sample", "{export}", "--precision", "int4"], 2, "--precision"),
+    ("sample-absent-precision", ["sample", "{export}", "--precision", "int8"], 1, "no decoder ONNX file"),
     ("sample-out-unwritable", ["sample", "{export}", "--out", "{tmp}/afile/x.npy"], 2, "is a file"),
     ("sample-grid-unwritable", ["sample", "{export}", "--grid", "{tmp}/afile/x.png"], 2, "is a file"),
     ("sample-not-an-export", ["sample", "{tmp}"], 1, "no manifest.json"),
@@ -89,6 +90,22 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("bench-out-is-file", ["bench", "{export}", "--out", "{tmp}/afile", "--quick"], 2, "--out"),
     ("bench-bad-ops", ["bench", "{export}", "--ops", "train", "--quick", "--out", "{tmp}/b"], 1, "unknown op"),
     # the group itself
+    # tune (engines)
+    ("tune-not-an-export", ["tune", "{tmp}/nothing"], 1, "does not exist"),
+    ("tune-zero-batch", ["tune", "{export}", "--batch-sizes", "0"], 2, "--batch-sizes"),
+    ("tune-negative-max-error", ["tune", "{export}", "--max-error", "-1"], 2, "--max-error"),
+    # web page
+    ("web-not-an-export", ["web", "{tmp}/nothing", "--out", "{tmp}/site"], 1, "does not exist"),
+    ("web-no-manifest", ["web", "{tmp}", "--out", "{tmp}/site"], 1, "no manifest.json"),
+    # batch jobs
+    ("batch-encode-not-an-export", ["batch", "encode", "{tmp}/nothing", "{tmp}/one.npy", "--out", "{tmp}/o"], 1,
+     "does not exist"),
+    ("batch-sample-zero-n", ["batch", "sample", "{export}", "-n", "0", "--out", "{tmp}/o"], 2, "-n"),
+    ("batch-zero-workers", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o", "--workers", "0"], 2,
+     "--workers"),
+    # latent-diffusion options
+    ("export-diffusers-missing", ["export", "--diffusers", "{tmp}/nothing", "--out", "{tmp}/e"], 1, "not a folder"),
+    ("sample-tile-not-multiple-of-4", ["sample", "{export}", "--tile", "3", "-n", "1"], 1, "tile"),
     ("unknown-command", ["frobnicate"], 2, "No such command"),
 ]
 

@@ -71,7 +71,7 @@ class Backend:
             ratio = spatial_ratio(self.spec)
             ok = isinstance(tile, (int, np.integer)) and not isinstance(tile, bool) and tile > 0
             if not ok or tile % (4 * ratio):
-                raise ValueError(f"tile is in image pixels here: a positive multiple of {4 * ratio} (4 x the "
+                raise InputError(f"tile is in image pixels here: a positive multiple of {4 * ratio} (4 x the "
                                  f"image/latent ratio {ratio}), got {tile!r}")
             mu, logvar = tiled(lambda c: self._chunked(self._encode, c, 2), x, int(tile), 1 / ratio, 2)
         elif 0 < x.shape[0] <= self.max_batch:  # one chunk: skip the chunking machinery
@@ -105,7 +105,7 @@ class Backend:
 
     def _factors(self, latents: str) -> tuple[float, float]:
         if latents not in LATENT_SCALES:
-            raise ValueError(f"latents must be one of {LATENT_SCALES}, got {latents!r}")
+            raise InputError(f"latents must be one of {LATENT_SCALES}, got {latents!r}")
         return float(self.spec.scaling_factor), float(getattr(self.spec, "shift_factor", 0.0))
 
     def _unscale(self, z: np.ndarray, latents: str) -> np.ndarray:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from vae_deploy.artifacts import ExportSpec
+from vae_deploy.errors import InputError
 
 OVERLAP_FACTOR = 0.25
 
@@ -41,14 +42,14 @@ def spatial_ratio(spec: ExportSpec) -> int:
     dyn_lat = len(spec.latent_shape) == 3 and all(d < 0 for d in spec.latent_shape[1:])
     ex_in, ex_lat = tuple(spec.concrete_input_shape), tuple(spec.concrete_latent_shape)
     if not (dyn_in and dyn_lat and len(ex_in) == 3 and len(ex_lat) == 3 and min(*ex_in[1:], *ex_lat[1:]) > 0):
-        raise ValueError(
+        raise InputError(
             f"tile= needs an export with dynamic height and width (images [N, C, H, W], latents [N, c, h, w], "
             f"e.g. a diffusers AutoencoderKL); this one has input {_fmt(spec.input_shape)} and latent "
             f"{_fmt(spec.latent_shape)}"
         )
     ratios = {ex_in[1] / ex_lat[1], ex_in[2] / ex_lat[2]}
     if len(ratios) != 1 or not float(next(iter(ratios))).is_integer():
-        raise ValueError(f"tile= needs one integer image/latent size ratio; the example shapes {list(ex_in)} and "
+        raise InputError(f"tile= needs one integer image/latent size ratio; the example shapes {list(ex_in)} and "
                          f"{list(ex_lat)} give {sorted(ratios)}")
     return int(next(iter(ratios)))
 
@@ -57,7 +58,7 @@ def check_tile(tile: int, what: str) -> int:
     """A latent tile size that keeps diffusers' crops contiguous: a multiple of 4 (the 0.25
     overlap then lands on whole pixels at both scales)."""
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 4 or tile % 4:
-        raise ValueError(f"{what} must be a positive multiple of 4, got {tile!r}")
+        raise InputError(f"{what} must be a positive multiple of 4, got {tile!r}")
     return int(tile)
 
 
@@ -87,7 +88,7 @@ def tiled(run: TileFn, a: np.ndarray, tile_in: int, ratio: int, n_out: int) -> l
                 raise RuntimeError(f"a tile gave {len(res)} outputs, expected {n_out}")
             want = (round(tile_a.shape[2] * ratio), round(tile_a.shape[3] * ratio))
             if any(r.ndim != 4 or r.shape[2:] != want for r in res):
-                raise ValueError(f"a tile {list(tile_a.shape)} gave {[list(r.shape) for r in res]}: tiling needs "
+                raise InputError(f"a tile {list(tile_a.shape)} gave {[list(r.shape) for r in res]}: tiling needs "
                                  f"results {ratio:g} times the tile's height and width")
             if outs is None:
                 h_out, w_out = sum(crop_y), sum(crop_x)

@@ -17,6 +17,7 @@ import onnx
 import torch
 from torch import nn
 
+from vae_deploy.contract import random_ops
 from vae_deploy.errors import ExportError
 from vae_deploy.exporters._quiet import quiet_torch
 
@@ -31,9 +32,6 @@ def check_opset(opset: int) -> None:
     newest = onnx.defs.onnx_opset_version()
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise ExportError(f"opset must be an integer in [{MIN_OPSET}, {newest}] (onnx {onnx.__version__}), got {opset!r}")
-RANDOM_OPS = frozenset(
-    {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
-)
 
 
 def export_onnx(
@@ -118,26 +116,6 @@ def _rename_dynamic_dims(model: onnx.ModelProto, dynamic_dims: dict[int, str]) -
         for d in value.type.tensor_type.shape.dim:
             if d.dim_param:
                 d.dim_param = symbol.sub(lambda m: renames[m.group(1)], d.dim_param)
-
-
-def random_ops(model: onnx.ModelProto) -> list[str]:
-    """Random operators anywhere in the model, functions and subgraphs included."""
-    found: list[str] = []
-
-    def walk(nodes) -> None:
-        for node in nodes:
-            if node.op_type in RANDOM_OPS:
-                found.append(node.op_type)
-            for attr in node.attribute:
-                if attr.g is not None and attr.g.node:
-                    walk(attr.g.node)
-                for g in attr.graphs:
-                    walk(g.node)
-
-    walk(model.graph.node)
-    for fn in model.functions:
-        walk(fn.node)
-    return found
 
 
 def check_model(model: onnx.ModelProto, where: str = "model") -> None:
