@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Quiet installs: no progress bars, no pip upgrade notice, no build-backend chatter.
 PIP     := $(PYTHON) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-all test-lean lint bench clean cpp web-deps test-web site web-bench
+.PHONY: install demo test test-all test-slow test-lean lint bench clean cpp web-deps test-web site web-bench
 
 install: $(STAMP)
 
@@ -37,13 +37,19 @@ demo: install
 test: install
 	$(PYTHON) -m pytest -q -m "not slow"
 
-test-all: install
-	$(PYTHON) -m pytest -q
+# Everything, the slow tests included (CI runs `test` then `test-slow`).
+test-all: install web-deps
+	VAE_DEPLOY_REQUIRE_BROWSER=1 $(PYTHON) -m pytest -q
+
+# The tests marked slow: the lean install, the page in Chromium, Ray clusters, valgrind, ...
+test-slow: install web-deps
+	VAE_DEPLOY_REQUIRE_BROWSER=1 $(PYTHON) -m pytest -q -m slow
 
 # The lean install (runtime dependencies only, no torch) runs sample and verify: about a minute,
 # a fresh venv filled from pip's cache (tests/test_lean_install.py).
 test-lean: install
 	$(PYTHON) -m pytest -q tests/test_lean_install.py
+
 # onnxruntime-web, pinned in web/package.json + package-lock.json, for `vae-deploy web`.
 WEB_STAMP := web/node_modules/.installed
 web-deps: $(WEB_STAMP)
