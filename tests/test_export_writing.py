@@ -25,7 +25,7 @@ def fast(monkeypatch):
     import vae_deploy.exporters as ex
     from vae_deploy.exporters.manifest import file_entry
 
-    def write(exp, folder, formats, opset):
+    def write(exp, folder, formats, opset, *progress):
         files = {}
         for role in ("encoder", "decoder"):
             (folder / f"{role}.onnx").write_bytes(f"new {role}".encode())
