@@ -257,6 +257,9 @@ def test_sigterm_under_load_stops_cleanly_and_leaves_no_temporary_folders(export
            "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     env = {**os.environ, "TMPDIR": str(tmp), "PYTRITON_HOME": str(home),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    from vae_deploy.serve import _model_copies
+
+    copies_before = _model_copies()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     stop = threading.Event()
 
@@ -287,6 +290,17 @@ def test_sigterm_under_load_stops_cleanly_and_leaves_no_temporary_folders(export
     # our log folder, PyTriton's workspace and Triton's python-backend model copies (folders*);
     # a hidden lock file a library may keep (.ses) is not a model folder
     left = [p.name for p in tmp.iterdir() if not p.name.startswith(".")]
+    # and no Triton python-backend stub still running from it (orphaned when the server stops mid-request)
+    running = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(tmp).encode() in (entry / "cmdline").read_bytes():
+                running.append(entry.name)
+        except OSError:
+            continue
     shutil.rmtree(tmp, ignore_errors=True)
+    assert not running, f"processes still running from the temporary directory: {running}"
+    # nor the python backend's model copies, which it makes in /tmp whatever TMPDIR says
+    assert not _model_copies() - copies_before, "Triton's /tmp/folder* model copies were left behind"
     assert not left, f"left behind in the temporary directory: {left}"
     assert not list(home.glob("workspace_*")) if home.exists() else True

@@ -32,6 +32,7 @@ from vae_deploy.triton import (
     DEFAULT_MAX_BATCH,
     DEFAULT_MAX_SAMPLES,
     ENCODER_MODEL,
+    MODELS,
     SAMPLER_MODEL,
 )
 
@@ -221,6 +222,7 @@ class VaeTritonServer:
         # One temporary folder holds PyTriton's workspace (model store, sockets) and, unless the
         # options name one, Triton's log (long: kept out of the terminal); stop() removes it.
         self._tmp = Path(tempfile.mkdtemp(prefix="vae-deploy-triton-"))
+        self._model_copies_before = _model_copies()
         if self.log_file is None:
             self.log_file = self._tmp / "tritonserver.log"
         config = triton.TritonConfig(
@@ -253,6 +255,9 @@ class VaeTritonServer:
                     triton.stop()
             finally:
                 if self._tmp is not None:
+                    _reap_backend_stubs(self._tmp)
+                    for folder in _model_copies() - self._model_copies_before:
+                        shutil.rmtree(folder, ignore_errors=True)
                     shutil.rmtree(self._tmp, ignore_errors=True)
                     self._tmp = None
 
@@ -390,6 +395,60 @@ def _check_ports_free(host: str, ports: dict[str, int]) -> None:
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+# Triton's python backend copies each model it loads into /tmp/folderXXXXXX (a fixed template:
+# TMPDIR is not consulted) and leaves the copy behind when the server is stopped rather than
+# unloading its models, which is how PyTriton ends it.
+BACKEND_COPY_GLOB = "/tmp/folder*/config.pbtxt"
+
+
+def _model_copies() -> set[Path]:
+    """The python backend's model copies of this project's models now present in /tmp."""
+    import glob
+
+    found = set()
+    for config in glob.glob(BACKEND_COPY_GLOB):
+        try:
+            head = Path(config).read_text(errors="replace")[:200]
+        except OSError:
+            continue
+        if any(f'name: "{m}"' in head for m in MODELS):
+            found.add(Path(config).parent)
+    return found
+
+
+def _reap_backend_stubs(workspace: Path) -> None:
+    """End Triton python-backend stubs that outlive their server, and remove their model copies.
+
+    A server stopped while requests are in flight can leave a stub (and its worker) running
+    from our workspace, orphaned, with the model copy it was given (a ``folder*`` directory in
+    the system temporary folder). They are found by the executable's path, which lies inside
+    ``workspace``; nothing else on the machine matches it. Linux only (``/proc``)."""
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():  # pragma: no cover - not Linux
+        return
+    marker = str(workspace).encode()
+    table: dict[int, tuple[int, list[bytes]]] = {}
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry.name)] = (ppid, argv)
+    stubs = {pid for pid, (_, argv) in table.items() if argv and marker in argv[0]}
+    workers = {pid for pid, (ppid, _) in table.items() if ppid in stubs}
+    for pid in stubs | workers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in stubs:
+        argv = table[pid][1]
+        model_copy = Path(argv[1].decode(errors="replace")) if len(argv) > 1 and argv[1] else None
+        if model_copy is not None and model_copy.name.startswith("folder") and model_copy.is_dir():
+            shutil.rmtree(model_copy, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,9 @@ REFERENCE_MODELS: dict[str, dict[str, Any]] = {
 
 
 REFERENCE_SEED = 0
+# Every CPU precision variant, each behind its own parity gate at export, so that the bench's
+# `auto` row (and `vae-deploy tune`) choose among all of them, as on a user's export.
+REFERENCE_PRECISIONS = ("fp32", "fp32-fast", "int8")
 
 
 @dataclass
@@ -76,8 +79,8 @@ def _reference_folder(name: str, cache_dir: Path) -> Path:
 
     from vae_deploy import __version__
 
-    key = json.dumps([REFERENCE_MODELS[name]["config"], REFERENCE_SEED, torch.__version__, ort.__version__,
-                      __version__], sort_keys=True)
+    key = json.dumps([REFERENCE_MODELS[name]["config"], REFERENCE_SEED, REFERENCE_PRECISIONS, torch.__version__,
+                      ort.__version__, __version__], sort_keys=True)
     return cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
@@ -98,7 +101,7 @@ def prepare_reference(name: str, cache_dir: Path, log: Callable[[str], None] | N
     if manifest is None:
         if log:
             log(f"exporting reference model {name} into {folder}")
-        export(model, folder, verify=False)
+        export(model, folder, verify=False, precisions=REFERENCE_PRECISIONS)
         manifest = load_manifest(folder, verify=True)
     ex = from_vae(model)
     return BenchModel(name=name, folder=folder, description=REFERENCE_MODELS[name]["description"],

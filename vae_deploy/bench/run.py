@@ -152,7 +152,10 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                         line.append(f"{name} {st['samples_per_s']:.4g}/s" + ("!" if st["disturbed"] else ""))
                     report["cells"].append(cell)
                 say(f"  {model.name} {op} bs {bs}: " + ", ".join(line))
-        if ORT in backends:
+        # The wrapper's per-call profile and the micro-batcher mean something only for fast calls:
+        # on the SD decoder (seconds per call) they would run for hours.
+        fast_calls = model.name != SD_NAME
+        if ORT in backends and fast_calls:
             prof = profile_runtime_overhead(backends[ORT], calls=200 if cfg.quick else 2000,
                                             rounds=3 if cfg.quick else 15)
             for op in ("sample", "encode"):
@@ -167,7 +170,8 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                     prof[op]["bare_p50_us"] = p50
                     prof[op]["overhead_fraction_of_bare_p50"] = prof[op]["overhead_us"] / p50 if p50 else None
             report["models"][-1]["runtime_overhead_profile"] = prof
-        if no_batcher is None and ORT in backends and (cfg.batcher_models is None or model.name in cfg.batcher_models):
+        if no_batcher is None and ORT in backends and fast_calls and (
+                cfg.batcher_models is None or model.name in cfg.batcher_models):
             say(f"  {model.name} micro-batcher: {cfg.batcher_clients} clients ...")
             try:
                 res = measure_batcher(backends[ORT], cfg, log=say)
