@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_deploy.data.arrays import npz_key
 from vae_deploy.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -80,14 +81,7 @@ def _load_npy(path: Path) -> np.ndarray:
 def _load_npz(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            if "x" in keys:
-                key = "x"
-            elif len(keys) == 1:
-                key = keys[0]
-            else:
-                raise DataError(f"{str(path)!r}: expected an array named 'x' or a single array, found {keys}")
-            arr = z[key]
+            arr = z[npz_key(list(z.keys()), repr(str(path)))]
     except DataError:
         raise
     except Exception as e:

@@ -84,25 +84,32 @@ def _reference_folder(name: str, cache_dir: Path) -> Path:
     return cache_dir / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
+def cached_export(folder: Path, do_export: Callable[[], Any], log: Callable[[str], None] | None,
+                  message: str) -> dict[str, Any]:
+    """The manifest of ``folder`` when it holds an intact export, else export into it first
+    (``export`` is atomic, so a killed run leaves no half-written cache entry)."""
+    from vae_deploy.exporters.manifest import load_manifest
+
+    if (folder / "manifest.json").is_file():
+        try:
+            return load_manifest(folder, verify=True)
+        except Exception:
+            pass
+    if log:
+        log(message)
+    do_export()
+    return load_manifest(folder, verify=True)
+
+
 def prepare_reference(name: str, cache_dir: Path, log: Callable[[str], None] | None = None) -> BenchModel:
     """Export the reference model once into the cache (atomic; reused when present)."""
     from vae_deploy.adapters import from_vae
     from vae_deploy.exporters import export
-    from vae_deploy.exporters.manifest import load_manifest
 
     model = reference_model(name)
     folder = _reference_folder(name, cache_dir)
-    manifest = None
-    if (folder / "manifest.json").is_file():
-        try:
-            manifest = load_manifest(folder, verify=True)
-        except Exception:
-            manifest = None
-    if manifest is None:
-        if log:
-            log(f"exporting reference model {name} into {folder}")
-        export(model, folder, verify=False, precisions=REFERENCE_PRECISIONS)
-        manifest = load_manifest(folder, verify=True)
+    manifest = cached_export(folder, lambda: export(model, folder, verify=False, precisions=REFERENCE_PRECISIONS),
+                             log, f"exporting reference model {name} into {folder}")
     ex = from_vae(model)
     return BenchModel(name=name, folder=folder, description=REFERENCE_MODELS[name]["description"],
                       kind="reference", manifest=manifest, eager=(ex.encoder, ex.decoder),

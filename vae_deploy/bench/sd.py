@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vae_deploy.bench.models import BenchModel
+from vae_deploy.bench.models import BenchModel, cached_export
 
 SD_NAME = "ref-sd-vae"
 SD_SEED = 0
@@ -61,23 +61,13 @@ def prepare_sd(cache_dir: Path, log: Callable[[str], None] | None = None) -> Ben
 
     from vae_deploy.adapters import from_module
     from vae_deploy.exporters import export
-    from vae_deploy.exporters.manifest import load_manifest
 
     model = sd_model()
     example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     ex = from_module(model, example, dynamic_spatial=False)
     folder = sd_folder(cache_dir)
-    manifest = None
-    if (folder / "manifest.json").is_file():
-        try:
-            manifest = load_manifest(folder, verify=True)
-        except Exception:
-            manifest = None
-    if manifest is None:
-        if log:
-            log(f"exporting {SD_NAME} into {folder} (once; a few minutes)")
-        export(ex, folder, formats=("onnx",), verify=False)
-        manifest = load_manifest(folder, verify=True)
+    manifest = cached_export(folder, lambda: export(ex, folder, formats=("onnx",), verify=False), log,
+                             f"exporting {SD_NAME} into {folder} (once; a few minutes)")
     return BenchModel(name=SD_NAME, folder=folder, description=SD_DESCRIPTION, kind="reference", manifest=manifest,
                       eager=(ex.encoder, ex.decoder), eager_note="diffusers eager, the same seeded random weights",
                       ops=SD_OPS, batch_sizes=SD_BATCH_SIZES)

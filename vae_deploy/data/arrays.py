@@ -44,6 +44,15 @@ def resolve_layout(shape: tuple[int, ...], layout: str | None, source: str) -> t
     )
 
 
+def npz_key(keys: list[str], source: str) -> str:
+    """The array of an ``.npz`` that holds the examples: the one named ``x``, or the only one."""
+    if "x" in keys:
+        return "x"
+    if len(keys) == 1:
+        return keys[0]
+    raise DataError(f"{source}: expected an array named 'x' or a single array, found {keys}")
+
+
 def load_array_file(
     path: str | Path, *, bernoulli: bool = True, layout: str | None = None, keep_uint8: bool = False,
     notes: list[str] | None = None, min_examples: int = 2,
@@ -61,15 +70,7 @@ def load_array_file(
     except Exception as e:
         raise DataError(f"data file {str(p)!r} could not be read as numpy data: {e}") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
-        keys = list(loaded.keys())
-        if "x" in keys:
-            key = "x"
-        elif len(keys) == 1:
-            key = keys[0]
-        else:
-            raise DataError(
-                f"data file {str(p)!r}: expected an array named 'x' or a single array, found {keys}"
-            )
+        key = npz_key(list(loaded.keys()), f"data file {str(p)!r}")
         try:
             arr = loaded[key]
         except ValueError as e:
