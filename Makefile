@@ -14,11 +14,13 @@ PIP     := $(PYTHON) -m pip --disable-pip-version-check -q
 
 install: $(STAMP)
 
+# PYTHONWARNINGS=ignore keeps setuptools' editable-install banner (a warning raised in pip's build
+# subprocess) out of the install output.
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install -e ".[dev]"
+	PYTHONWARNINGS=ignore $(PIP) install -e ".[dev]"
 	touch $(STAMP)
 	@echo "installed into $(VENV): run . $(BIN)/activate (or $(BIN)/vae-deploy)"
 
