@@ -154,24 +154,29 @@ def test_input_errors_come_before_any_work(exports, tmp_path):
         run_batch("encode", exports["mlp"], tmp_path / "o", input_path=tmp_path / "missing.npy")
 
 
-def test_image_folders_go_to_the_training_loader(exports, tmp_path, monkeypatch):
-    import vae_deploy.data
+def test_image_folders_are_read_by_the_training_loader(exports, tmp_path):
+    """A folder of real PNGs (different sizes, RGB among them): the job resizes them to the
+    export's 8x8 grey input with the training loader, in sorted path order, and the output
+    equals Runtime.encode on what that loader returns."""
+    from PIL import Image
+
+    from vae_deploy.data import load_image_folder
 
     imgs = tmp_path / "imgs"
     (imgs / "sub").mkdir(parents=True)
-    for name in ("b.png", "a.png", "sub/c.png"):
-        (imgs / name).write_bytes(b"")
-    seen = {}
-
-    def fake_loader(path, *, image_size=None, channels=None):
-        seen.update(path=Path(path), image_size=image_size, channels=channels)
-        return np.full((3, 1, 8, 8), 255, np.uint8)
-
-    monkeypatch.setattr(vae_deploy.data, "load_image_folder", fake_loader, raising=False)
+    rng = np.random.default_rng(3)
+    for name, size, mode in (("b.png", (12, 10), "L"), ("a.png", (8, 8), "L"), ("sub/c.png", (16, 16), "RGB")):
+        shape = size[::-1] + ((3,) if mode == "RGB" else ())
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(imgs / name)
     s = run_batch("encode", exports["mlp"], tmp_path / "o", input_path=imgs)
-    assert s.rows == 3 and seen == {"path": imgs, "image_size": (8, 8), "channels": 1}
+    assert s.rows == 3
     m = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert [f[0] for f in m["job"]["input"]["files"]] == ["a.png", "b.png", "sub/c.png"]
+    x = load_image_folder(imgs, image_size=(8, 8), channels=1).astype(np.float32) / 255.0
+    mu, logvar = Runtime.load(exports["mlp"]).encode(x)
+    out = read_outputs(tmp_path / "o")
+    np.testing.assert_allclose(out["mu"], mu, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["logvar"], logvar, rtol=0, atol=1e-6)
 
 
 def test_cli_summary_and_one_line_errors(exports, x_file, tmp_path, monkeypatch):
