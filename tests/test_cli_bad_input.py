@@ -26,6 +26,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("train-one-example", ["train", "--data", "{tmp}/one.npy", "--epochs", "1"], 1, "at least 2"),
     ("train-out-unwritable", ["train", "--epochs", "1", "--out", "{tmp}/afile/ckpt.pt"], 2, "is a file"),
     ("train-bad-data-name", ["train", "--data", "nonsense", "--epochs", "1"], 1, "unknown dataset"),
+    ("train-negative-seed", ["train", "--seed", "-3", "--epochs", "1"], 2, "--seed"),
     ("train-lr-zero", ["train", "--lr", "0"], 2, "--lr"),
     ("train-hidden-text", ["train", "--hidden", "a,b"], 2, "comma-separated integers"),
     # info
@@ -101,6 +102,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("batch-encode-not-an-export", ["batch", "encode", "{tmp}/nothing", "{tmp}/one.npy", "--out", "{tmp}/o"], 1,
      "does not exist"),
     ("batch-sample-zero-n", ["batch", "sample", "{export}", "-n", "0", "--out", "{tmp}/o"], 2, "-n"),
+    ("batch-negative-seed", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o", "--seed", "-1"], 2,
+     "--seed"),
     ("batch-zero-workers", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o", "--workers", "0"], 2,
      "--workers"),
     # latent-diffusion options

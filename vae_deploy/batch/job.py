@@ -98,6 +98,8 @@ def run_batch(
     if task == "sample":
         if n is None or n < 1:
             raise BatchError(f"batch sample needs -n >= 1, got {n}")
+        if seed < 0:
+            raise BatchError(f"batch sample needs a seed >= 0 (numpy's SeedSequence), got {seed}")
         latent = tuple(spec.concrete_latent_shape)
         if any(d < 0 for d in latent):
             raise BatchError(f"the export's latent shape {list(spec.latent_shape)} is dynamic and it records no "

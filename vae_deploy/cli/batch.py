@@ -128,8 +128,8 @@ def decode(export_dir: Path, input_path: Path, **kw: Any) -> None:
 @batch.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("-n", "--n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Global seed; shard k draws from SeedSequence(seed).spawn()[k], whatever the workers.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Global seed (>= 0); shard k draws from SeedSequence(seed).spawn()[k], whatever the workers.")
 @job_options
 @friendly_errors
 def sample(export_dir: Path, n: int, seed: int, **kw: Any) -> None:

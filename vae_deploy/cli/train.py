@@ -42,7 +42,7 @@ def _image_size(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True)
 @click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--keep", type=click.Choice(["last", "best"]), default="last", show_default=True,
               help="Checkpoint the last epoch's weights, or the epoch with the lowest test -ELBO.")
