@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_deploy.artifacts import file_sha256
 from vae_deploy.batch.plan import Shard
 from vae_deploy.errors import VaeDeployError
 
@@ -55,13 +56,6 @@ def atomic_write(path: Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def encode_npy(a: np.ndarray) -> bytes:
@@ -142,7 +136,7 @@ class OutputFolder:
     def _verifies(self, entry: dict[str, Any]) -> bool:
         for f in entry.get("files", {}).values():
             p = self.path / f["path"]
-            if not p.is_file() or p.stat().st_size != f["bytes"] or _sha256_file(p) != f["sha256"]:
+            if not p.is_file() or p.stat().st_size != f["bytes"] or file_sha256(p) != f["sha256"]:
                 return False
         return bool(entry.get("files"))
 
@@ -236,7 +230,7 @@ def read_outputs(out: str | Path, *, verify: bool = True) -> dict[str, np.ndarra
     for entry in doc["shards"]:
         for key, f in entry["files"].items():
             p = folder / f["path"]
-            if verify and _sha256_file(p) != f["sha256"]:
+            if verify and file_sha256(p) != f["sha256"]:
                 raise BatchError(f"{str(p)!r} does not match its sha256 in the manifest")
             if p.suffix == ".npy":
                 parts.setdefault(key, []).append(np.load(p, allow_pickle=False))

@@ -12,10 +12,10 @@ uses the array and image loaders.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
+from vae_deploy.artifacts import file_sha256
 from vae_deploy.data.arrays import LAYOUTS, load_array_file, resolve_layout, validate_array
 from vae_deploy.data.bundled import (
     BUNDLED,
@@ -36,13 +36,6 @@ __all__ = [
     "mnist_available", "resolve_data_path", "resolve_layout", "split", "to_float", "validate_array",
 ]
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_dataset(
@@ -71,7 +64,7 @@ def load_dataset(
         if folder_opts:
             raise DataError(f"{', '.join(folder_opts)} apply to an image folder, not to the array file {name!r}")
         arr = load_array_file(path, bernoulli=bernoulli, layout=layout, keep_uint8=True, notes=notes)
-        sha = _sha256(path)
+        sha = file_sha256(path)
         used_layout = layout or ("nhwc" if notes else None)  # a detected NCHW is detected again
     else:
         raise DataError(
