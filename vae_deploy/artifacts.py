@@ -41,6 +41,15 @@ class ExportSpec:
     # "same as input_shape / latent_shape" (no dynamic per-example axis).
     example_input_shape: tuple[int, ...] = ()
     example_latent_shape: tuple[int, ...] = ()
+    # diffusers' per-channel latent statistics (SDXL-family, Wan, FLUX.2): a pipeline's latent is
+    # (z - latents_mean) * scaling_factor / latents_std. Empty: the VAE declares none.
+    latents_mean: tuple[float, ...] = ()
+    latents_std: tuple[float, ...] = ()
+    # The decoder output's nominal range (low, high), which images out map to 0..255: (-1, 1)
+    # for diffusers VAEs, (0, 1) for Bernoulli decoders. Empty: not declared.
+    output_range: tuple[float, ...] = ()
+    # How the encoder defines q(z|x): "gaussian" (mu, logvar) or "deterministic" (z = mu).
+    posterior: str = "gaussian"
 
     @property
     def latent_dim(self) -> int:
@@ -97,6 +106,8 @@ class ExportSpec:
         d["dynamic_axes"] = list(self.dynamic_axes)
         d["example_input_shape"] = list(self.concrete_input_shape)
         d["example_latent_shape"] = list(self.concrete_latent_shape)
+        for k in ("latents_mean", "latents_std", "output_range"):
+            d[k] = list(getattr(self, k))
         d["latent_dim"] = self.latent_dim
         for k in ("source_sha256", "source_path"):
             d.pop(k)
@@ -108,7 +119,7 @@ class ExportSpec:
         keep["input_shape"] = tuple(keep["input_shape"])
         keep["latent_shape"] = tuple(keep["latent_shape"])
         keep["dynamic_axes"] = tuple(keep.get("dynamic_axes", ("batch",)))
-        for k in ("example_input_shape", "example_latent_shape"):
+        for k in ("example_input_shape", "example_latent_shape", "latents_mean", "latents_std", "output_range"):
             keep[k] = tuple(keep.get(k, ()))
         if source:
             keep["source_sha256"] = source.get("sha256", "")

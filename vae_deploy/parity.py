@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.backends import Backend
+from vae_deploy.tolerance import DEFAULT_TOLERANCES, Tolerance, tolerance_for  # noqa: F401 (re-exported)
 
 SCHEMA = "vae-deploy-parity/1"
 
@@ -27,37 +28,6 @@ SCHEMA = "vae-deploy-parity/1"
 # saturated 1e-7 outputs, a logvar that crosses 0) a difference of a few ulps is a "relative
 # error" of 100% or more that means nothing; the pass rule's atol covers those elements.
 REL_FLOOR = 1e-3
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-    # Relative agreement required of the test-set negative ELBO computed through each backend.
-    elbo_rtol: float = 1e-4
-
-
-# fp32: both sides compute the same maths in float32; differences come only from kernel
-# order, a few ulps. fp32-fast is the exactly rewritten graph (sub-pixel convolutions, folded
-# affine maps): the same bound, because the rewrite must be exact. fp16 variants carry ~3
-# decimal digits (outputs in [0, 1] differ by up to ~1e-3). int8 variants quantise weights to
-# 7 bits and activations to 8: on trained models single outputs move by up to ~0.05-0.09 where
-# a sigmoid is steep (mean ~3e-3), so the element-wise bound only catches broken quantisation
-# (saturated kernels or clipped ranges gave 0.2-0.6); the quality gate is the test-set ELBO,
-# held to 0.5% (export/README.md, "Precision variants"). bf16 (OpenVINO's inference-precision
-# hint on the fp32 graph) keeps 8 significant bits: each op rounds by up to 2**-9 (0.2%). Small
-# decoders moved by at most 9e-4 (seeded ref-conv28/mlp28/conv64, outputs in [0, 1]); a deep one
-# accumulates it: the SD 1.x-architecture AutoencoderKL decoder (30+ convolutions, GroupNorm)
-# moved by up to 0.079 on outputs spanning 5.8 (1.4% of the range; torch autocast bf16: 0.071).
-# So the element bound is int8's order (catches a broken conversion, off at the output's scale)
-# and the quality gate is the same 0.5% ELBO as int8 and fp16.
-DEFAULT_TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
-    "fp32-fast": Tolerance(atol=1e-5, rtol=1e-5, elbo_rtol=1e-4),
-    "fp16": Tolerance(atol=5e-3, rtol=1e-2, elbo_rtol=5e-3),
-    "int8": Tolerance(atol=1e-1, rtol=1e-1, elbo_rtol=5e-3),
-    "bf16": Tolerance(atol=1e-1, rtol=5e-2, elbo_rtol=5e-3),
-}
 
 
 def compare_arrays(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from vae_deploy.artifacts import (
 )
 from vae_deploy.errors import ArtifactError
 from vae_deploy.extras import available
-from vae_deploy.parity import DEFAULT_TOLERANCES, compare_backends
+from vae_deploy.parity import compare_backends
+from vae_deploy.tolerance import tolerance_for
 from vae_deploy.verify_report import VerifyResult, format_verification  # noqa: F401 - part of the API
 
 if TYPE_CHECKING:
@@ -371,9 +372,7 @@ def verify_export(
         has_normalisation(reference.encoder) or has_normalisation(reference.decoder))
     reports = []
     for name, precision in names:
-        tol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
-        if precision == "fp32" and reference is not None and reference.fp32_tolerance is not None:
-            tol = reference.fp32_tolerance
+        tol = tolerance_for(precision, spec.family)
         if atol is not None or rtol is not None:
             tol = replace(tol, atol=tol.atol if atol is None else atol, rtol=tol.rtol if rtol is None else rtol)
         try:

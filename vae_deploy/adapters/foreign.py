@@ -310,16 +310,11 @@ def _unvalidated(fn: Any, t: torch.Tensor) -> Any:
 
 
 def _fp32_tolerance(spec: ExportSpec) -> Any:
-    """diffusers' VAEs are deep (GroupNorm, attention, many convolutions). On real inputs ONNX
-    Runtime stays within 1e-5 of eager, but the constant edge inputs sit near GroupNorm's
-    zero-variance point, where eager itself is ill-conditioned: 3e-5 at 32-48 px, 1e-4 at
-    64 px (export/README.md, "Tolerance"). Their fp32 check uses atol 1e-4; every other model
-    keeps the default."""
-    if not spec.family.startswith("diffusers."):
-        return None
-    from vae_deploy.parity import Tolerance
+    """Deep diffusers VAEs get the shared policy's fp32 bound (``tolerance.tolerance_for``);
+    every other model keeps the default (None)."""
+    from vae_deploy.tolerance import is_deep_family, tolerance_for
 
-    return Tolerance(atol=1e-4, rtol=1e-5, elbo_rtol=1e-4)
+    return tolerance_for("fp32", spec.family) if is_deep_family(spec.family) else None
 
 
 def _example(module: nn.Module, example_input: Any) -> torch.Tensor:

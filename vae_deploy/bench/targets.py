@@ -57,13 +57,13 @@ BEST_OF = {"speedup_vs_eager": "speedup_vs_eager_best", "ceiling_fraction": "cei
 def gated(report: dict[str, Any], model: str, backend: str) -> tuple[bool, str]:
     """Whether a row's max abs difference vs eager (parity check of the run) is within the
     tolerance of its precision: only such rows may be auto's pick."""
-    from vae_deploy.parity import DEFAULT_TOLERANCES
+    from vae_deploy.tolerance import tolerance_for
 
     mod = next((m for m in report["models"] if m["name"] == model), None) or {}
     diff = (mod.get("parity_max_abs_diff") or {}).get(backend)
     scale = mod.get("parity_output_max_abs") or 1.0
     precision = backend.split("-", 2)[2] if backend.count("-") >= 2 else "fp32"
-    tol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+    tol = tolerance_for(precision, mod.get("family"))
     if diff is None or diff != diff:
         return False, "no parity figure"
     limit = tol.atol + tol.rtol * scale

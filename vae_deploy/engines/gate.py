@@ -2,7 +2,7 @@
 
 The reference is onnxruntime fp32 on the same export (itself verified against eager torch at
 export, within 1e-5), so the gate needs no torch: element-wise parity at the precision's
-tolerance (``parity.DEFAULT_TOLERANCES``) on seeded inputs, and, where the likelihood is known,
+tolerance (``tolerance.tolerance_for``, the policy verify uses too) on seeded inputs, and, where the likelihood is known,
 the negative ELBO through both backends within ``elbo_rtol`` (0.5% for lossy precisions).
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.backends import Backend
-from vae_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare_arrays
+from vae_deploy.parity import compare_arrays
+from vae_deploy.tolerance import Tolerance, tolerance_for
 
 
 def gate_inputs(backend: Backend, n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +48,7 @@ def negative_elbo(backend: Backend, x: np.ndarray, likelihood: str, obs_std: flo
 def gate(reference: Backend, candidate: Backend, precision: str, *, max_error: float | None = None,
          n: int = 16) -> dict[str, Any]:
     """Pass/fail of ``candidate`` against ``reference`` with the figures that decided it."""
-    tol: Tolerance = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+    tol: Tolerance = tolerance_for(precision, reference.spec.family)
     x, z = gate_inputs(reference, n)
     out: dict[str, Any] = {"precision": precision, "atol": tol.atol, "rtol": tol.rtol, "elbo_rtol": tol.elbo_rtol}
     try:
