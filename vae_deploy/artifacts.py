@@ -50,6 +50,9 @@ class ExportSpec:
     output_range: tuple[float, ...] = ()
     # How the encoder defines q(z|x): "gaussian" (mu, logvar) or "deterministic" (z = mu).
     posterior: str = "gaussian"
+    # Latent layouts decode(latent_layout=) accepts (vae_deploy.latents.LAYOUTS): "spatial" and the
+    # pipelines' packings that fit this VAE. Empty: derived from the latent shape (older exports).
+    latent_layouts: tuple[str, ...] = ()
 
     @property
     def latent_dim(self) -> int:
@@ -97,7 +100,17 @@ class ExportSpec:
             f"{META_PREFIX}example_latent_shape": shape(self.concrete_latent_shape),
             f"{META_PREFIX}source_sha256": self.source_sha256,
             f"{META_PREFIX}producer_version": __version__,
+            **self._latent_metadata(),
         }
+
+    def _latent_metadata(self) -> dict[str, str]:
+        """The latent statistics and layouts, only where declared (older consumers see nothing new)."""
+        out = {}
+        for key in ("latents_mean", "latents_std", "latent_layouts"):
+            values = getattr(self, key)
+            if values:
+                out[f"{META_PREFIX}{key}"] = ",".join(v if isinstance(v, str) else repr(float(v)) for v in values)
+        return out
 
     def model_section(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,7 +119,7 @@ class ExportSpec:
         d["dynamic_axes"] = list(self.dynamic_axes)
         d["example_input_shape"] = list(self.concrete_input_shape)
         d["example_latent_shape"] = list(self.concrete_latent_shape)
-        for k in ("latents_mean", "latents_std", "output_range"):
+        for k in ("latents_mean", "latents_std", "output_range", "latent_layouts"):
             d[k] = list(getattr(self, k))
         d["latent_dim"] = self.latent_dim
         for k in ("source_sha256", "source_path"):
@@ -119,7 +132,8 @@ class ExportSpec:
         keep["input_shape"] = tuple(keep["input_shape"])
         keep["latent_shape"] = tuple(keep["latent_shape"])
         keep["dynamic_axes"] = tuple(keep.get("dynamic_axes", ("batch",)))
-        for k in ("example_input_shape", "example_latent_shape", "latents_mean", "latents_std", "output_range"):
+        for k in ("example_input_shape", "example_latent_shape", "latents_mean", "latents_std", "output_range",
+                  "latent_layouts"):
             keep[k] = tuple(keep.get(k, ()))
         if source:
             keep["source_sha256"] = source.get("sha256", "")

@@ -18,10 +18,12 @@ import numpy as np
 
 from vae_deploy.artifacts import ExportSpec
 from vae_deploy.errors import InputError
+from vae_deploy.latents import SCALES, from_spatial, image_ratio, scale_posterior, to_spatial, unscale
+from vae_deploy.latents import check_choice as check_latents
 from vae_deploy.tiling import check_tile, spatial_ratio, tiled
 
 #: ``latents=`` of encode/decode: the VAE's own latents, or a diffusion pipeline's scaled ones.
-LATENT_SCALES = ("raw", "scaled")
+LATENT_SCALES = SCALES
 
 
 def _fmt(shape: Sequence[int]) -> str:
@@ -59,13 +61,18 @@ class Backend:
         raise NotImplementedError
 
     # --- public API ----------------------------------------------------------------------
-    def encode(self, x: Any, *, tile: int | None = None, latents: str = "raw") -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, x: Any, *, tile: int | None = None, latents: str = "raw",
+               latent_layout: str = "spatial") -> tuple[np.ndarray, np.ndarray]:
         """x ``[N, *input_shape]`` (or one example) -> (mu, logvar) ``[N, *latent_shape]``.
 
         ``tile``: encode in overlapping image tiles of this size (diffusers' ``tiled_encode``
         with ``tile_sample_min_size=tile``; a multiple of 4x the image/latent ratio), so memory
         follows the tile, not the image. ``latents="scaled"``: return the posterior of
-        ``(z - shift_factor) * scaling_factor``, the latents a diffusion pipeline works with."""
+        ``(z - shift_factor) * scaling_factor``, the latents a diffusion pipeline works with (or the
+        pipeline's own normalisation: see :mod:`vae_deploy.latents`). ``latent_layout``: return them
+        packed as a pipeline does (``"flux-packed"``, ``"flux2-packed"``, ``"flux2-patchified"``)."""
+        if latents != "raw" or latent_layout != "spatial":
+            check_latents(self.spec, latents, latent_layout)
         x, single = self._prepare(x, self.input_shape, "x")
         if tile is not None:
             ratio = spatial_ratio(self.spec)
@@ -79,19 +86,27 @@ class Backend:
         else:
             mu, logvar = self._chunked(self._encode, x, 2)
         if latents != "raw":
-            mu, logvar = self._scale_posterior(mu, logvar, latents)
+            mu, logvar = scale_posterior(mu, logvar, self.spec)
+        if latent_layout != "spatial":
+            mu, logvar = from_spatial(mu, latent_layout), from_spatial(logvar, latent_layout)
         return (mu[0], logvar[0]) if single else (mu, logvar)
 
-    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw") -> np.ndarray:
+    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw", latent_layout: str = "spatial",
+               image_size: Sequence[int] | None = None) -> np.ndarray:
         """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``.
 
         ``tile``: decode in overlapping latent tiles of this size (diffusers' ``tiled_decode``
         with ``tile_latent_min_size=tile``; a multiple of 4). ``latents="scaled"``: ``z`` is a
         diffusion pipeline's latent, ``(z_vae - shift_factor) * scaling_factor``; it is
-        unscaled with the factors recorded at export before decoding."""
+        unscaled as the matching diffusers pipeline does (``scaling_factor``, ``shift_factor``,
+        ``latents_mean``/``latents_std`` or FLUX.2's BatchNorm statistics, recorded at export).
+        ``latent_layout``: ``z`` as the pipeline hands it out (``"flux-packed"`` ``[N, tokens, 4C]``
+        for FLUX.1, ``"flux2-packed"``/``"flux2-patchified"`` for FLUX.2; see
+        :mod:`vae_deploy.latents`), with ``image_size=(H, W)`` in pixels for packed latents that
+        are not square."""
+        if latents != "raw" or latent_layout != "spatial":
+            z = self._to_vae_latents(z, latents, latent_layout, image_size)
         z, single = self._prepare(z, self.latent_shape, "z")
-        if latents != "raw":
-            z = self._unscale(z, latents)
         if tile is not None:
             (x_hat,) = tiled(self._decode_chunks, z, check_tile(tile, "tile"), spatial_ratio(self.spec), 1)
         elif 0 < z.shape[0] <= self.max_batch:
@@ -103,21 +118,16 @@ class Backend:
     def _decode_chunks(self, z: np.ndarray) -> list[np.ndarray]:
         return self._chunked(lambda c: (self._decode(c),), z, 1)
 
-    def _factors(self, latents: str) -> tuple[float, float]:
-        if latents not in LATENT_SCALES:
-            raise InputError(f"latents must be one of {LATENT_SCALES}, got {latents!r}")
-        return float(self.spec.scaling_factor), float(getattr(self.spec, "shift_factor", 0.0))
-
-    def _unscale(self, z: np.ndarray, latents: str) -> np.ndarray:
-        """A pipeline's scaled latent back to the VAE's: ``z / scaling_factor + shift_factor``."""
-        scale, shift = self._factors(latents)
-        return np.ascontiguousarray(z / np.float32(scale) + np.float32(shift), dtype=np.float32)
-
-    def _scale_posterior(self, mu: np.ndarray, logvar: np.ndarray, latents: str) -> tuple[np.ndarray, np.ndarray]:
-        """The posterior of ``(z - shift) * scale``: the mean moves and scales, the variance scales by scale**2."""
-        scale, shift = self._factors(latents)
-        return ((mu - np.float32(shift)) * np.float32(scale)).astype(np.float32), \
-            (logvar + np.float32(2 * math.log(abs(scale)))).astype(np.float32)
+    def _to_vae_latents(self, z: Any, latents: str, layout: str, image_size: Sequence[int] | None) -> Any:
+        """A pipeline's latents (``latents``, ``layout``) -> the VAE's raw spatial ones."""
+        check_latents(self.spec, latents, layout)
+        z, single = to_spatial(z, self.spec, layout, image_size=image_size, ratio=image_ratio(self.spec))
+        if layout in ("flux2-packed", "flux2-patchified"):  # patch space: validated after un-patchifying
+            z = unscale(z, self.spec, latents, layout)
+            return z[0] if single else z
+        z, was_single = self._prepare(z, self.latent_shape, "z")
+        z = unscale(z, self.spec, latents, layout)
+        return z[0] if (single or was_single) else z
 
     def sample(self, n: int, seed: int | None = None, latent_shape: Sequence[int] | None = None, *,
                tile: int | None = None) -> np.ndarray:

@@ -185,6 +185,13 @@ def spec_from_session(sess: Any) -> ExportSpec:
             example_input_shape=parse_shape(meta.get(f"{META_PREFIX}example_input_shape", "")),
             example_latent_shape=parse_shape(meta.get(f"{META_PREFIX}example_latent_shape", "")),
             source_sha256=meta.get(f"{META_PREFIX}source_sha256", ""),
+            latents_mean=_floats(meta.get(f"{META_PREFIX}latents_mean", "")),
+            latents_std=_floats(meta.get(f"{META_PREFIX}latents_std", "")),
+            latent_layouts=tuple(v for v in meta.get(f"{META_PREFIX}latent_layouts", "").split(",") if v),
         )
     except KeyError as e:
         raise ArtifactError(f"ONNX model lacks the vae-deploy metadata key {e.args[0]!r}") from None
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(",") if v.strip())

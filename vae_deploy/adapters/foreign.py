@@ -284,6 +284,9 @@ def from_module(
         example_input_shape=tuple(x.shape[1:]),
         example_latent_shape=tuple(probe.mu.shape[1:]),
     )
+    from vae_deploy.adapters.diffusers_folder import with_latent_statistics
+
+    spec = with_latent_statistics(spec, module)  # latents_mean/std, FLUX.2's bn, accepted layouts
     enc, dec = probe.adapter.halves(module)
     return Exportable(
         encoder=EncoderGraph(lambda t: as_gaussian(_unvalidated(enc, t))[:2], module),

@@ -94,19 +94,13 @@ def _load_safetensors(p: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "weights") -> None:
-    """``load_state_dict(strict=True)`` with a readable account of what does not fit."""
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: file {list(state_dict[k].shape)}, model {list(v.shape)}" for k, v in expected.items()
-                  if k in state_dict and state_dict[k].shape != v.shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
-            if items:
-                parts.append(f"{label} ({len(items)}): {', '.join(items[:5])}{', ...' if len(items) > 5 else ''}")
-        raise CheckpointError(f"the {source} do not fit the {type(module).__name__} the factory built: "
-                              + "; ".join(parts))
+    """``load_state_dict(strict=True)`` after :func:`vae_deploy.adapters.weights.check_fit` (the
+    rule ``--diffusers`` folders follow too), with a readable account of what does not fit."""
+    from vae_deploy.adapters.weights import check_fit, info_of
+
+    check_fit({k: info_of(v) for k, v in module.state_dict().items()},
+              {k: info_of(v) for k, v in state_dict.items()},
+              source=source, target=f"{type(module).__name__} the factory built")
     module.load_state_dict(state_dict, strict=True)
 
 
