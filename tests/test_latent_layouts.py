@@ -21,7 +21,10 @@ from vae_deploy.backends import TorchBackend
 from vae_deploy.errors import ConfigError, InputError
 
 diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
-pytest.importorskip("transformers", reason="diffusers' pipelines need transformers (the dev extra)")
+
+
+def need_transformers() -> None:
+    pytest.importorskip("transformers", reason="diffusers' pipelines need transformers (the dev extra)")
 
 H, W = 16, 24  # image pixels; the tiny VAEs downsample by 2: latents 8x12, packed 4x6 = 24 tokens
 VAE_KW = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -115,6 +118,7 @@ CASES = {"sdxl": (sdxl_case, "spatial"), "flux1": (flux_case, "flux-packed"), "f
 
 @pytest.fixture(scope="module", params=list(CASES))
 def case(request):
+    need_transformers()
     build, layout = CASES[request.param]
     vae, (pipe_latents, fed_to_vae) = build()
     example = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -164,6 +168,7 @@ def test_encode_scaled_is_decode_scaled_inverse(case):
 
 def test_flux2_encode_scaled_matches_the_pipelines_image_latents():
     """``Flux2Pipeline._encode_vae_image`` (argmax, patchify, bn-normalise) is the reference."""
+    need_transformers()
     vae = flux2_vae()
     pipe = diffusers.Flux2Pipeline(scheduler=diffusers.FlowMatchEulerDiscreteScheduler(), vae=vae,
                                    text_encoder=None, tokenizer=None, transformer=None)
@@ -255,3 +260,58 @@ def test_statistics_travel_in_the_metadata_and_the_manifest():
     assert meta[f"{META_PREFIX}latent_layouts"] == "spatial,flux-packed"
     assert f"{META_PREFIX}latents_mean" not in ExportSpec(input_shape=(3,), latent_shape=(2,)).metadata("decoder")
     assert parse_shape("1,2") == (1, 2)
+
+
+# --- through an export: the ONNX metadata, the manifest, Runtime and `batch decode` ----------------
+@pytest.fixture(scope="module")
+def stats_export(tmp_path_factory):
+    """A seeded spatial toy (images 3x8x8, latents 2x4x4) exported with SDXL-style statistics."""
+    from dataclasses import replace
+
+    from tests.conftest import SpatialToyVAE
+    from vae_deploy.exporters import export
+
+    torch.manual_seed(0)
+    exp = SpatialToyVAE(3).eval().exportable()
+    exp.spec = replace(exp.spec, scaling_factor=0.5, latents_mean=(0.5, -0.3), latents_std=(2.0, 0.5),
+                       latent_layouts=("spatial", "flux-packed"))
+    return export(exp, tmp_path_factory.mktemp("stats") / "export", formats=("onnx",), verify=False).out_dir
+
+
+def test_runtime_reads_the_statistics_from_manifest_and_metadata(stats_export):
+    from vae_deploy.runtime import Runtime
+
+    rt = Runtime.load(stats_export)
+    bare = Runtime(stats_export / "encoder.onnx", stats_export / "decoder.onnx")  # metadata only
+    for spec in (rt.spec, bare.spec):
+        assert spec.latents_mean == (0.5, -0.3) and spec.latents_std == (2.0, 0.5)
+        assert spec.latent_layouts == ("spatial", "flux-packed")
+    x = np.random.default_rng(1).uniform(0, 1, (3, 3, 8, 8)).astype(np.float32)
+    mu, _ = rt.encode(x)
+    packed, _ = rt.encode(x, latents="scaled", latent_layout="flux-packed")
+    assert packed.shape == (3, 4, 8)
+    np.testing.assert_allclose(bare.decode(packed, latents="scaled", latent_layout="flux-packed"), rt.decode(mu),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_batch_decode_takes_packed_scaled_latents(stats_export, tmp_path):
+    from click.testing import CliRunner
+
+    from vae_deploy.cli import main
+    from vae_deploy.runtime import Runtime
+
+    rt = Runtime.load(stats_export)
+    x = np.random.default_rng(2).uniform(0, 1, (5, 3, 8, 8)).astype(np.float32)
+    packed, _ = rt.encode(x, latents="scaled", latent_layout="flux-packed")
+    np.save(tmp_path / "z.npy", packed)
+    args = ["batch", "decode", str(stats_export), str(tmp_path / "z.npy"), "--latents", "scaled"]
+    r = CliRunner().invoke(main, [*args, "--latent-layout", "flux-packed", "--image-size", "8x8",
+                                  "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    from vae_deploy.batch.output import read_outputs
+
+    got = read_outputs(tmp_path / "out")["x"]
+    np.testing.assert_allclose(got, rt.decode(rt.encode(x)[0]), rtol=1e-5, atol=1e-5)
+    r = CliRunner().invoke(main, [*args, "--latent-layout", "flux2-packed", "--out", str(tmp_path / "bad")])
+    assert r.exit_code == 1 and r.output.count("Error: ") == 1, r.output
+    assert "it accepts spatial, flux-packed" in r.output and "Traceback" not in r.output

@@ -85,6 +85,24 @@ def check_choice(spec: ExportSpec, latents: str, layout: str) -> None:
                          f"{list(spec.latent_shape)}): it accepts {', '.join(ok)}{known}")
 
 
+def layout_item_shape(spec: ExportSpec, layout: str) -> tuple[int, ...]:
+    """One example's shape in ``layout`` (-1: any size): what a stored row must look like."""
+    if layout == "spatial":
+        return tuple(spec.latent_shape)
+    c4 = 4 * spec.latent_shape[0]
+    return (-1, c4) if layout in _PACKED else (c4, -1, -1)
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """``"HxW"`` (pixels, as given to the pipeline) -> (H, W); one line naming the format otherwise."""
+    if text is None:
+        return None
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise InputError(f"image size must be HxW in pixels (e.g. 1024x768), got {text!r}")
+    return int(h), int(w)
+
+
 # --- arrangement ------------------------------------------------------------------------------
 def flux_pack(z: np.ndarray) -> np.ndarray:
     """[N, C, h, w] -> [N, h/2 * w/2, 4C], FLUX.1's ``_pack_latents``."""

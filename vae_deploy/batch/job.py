@@ -71,11 +71,16 @@ def run_batch(
     runtime_options: dict[str, Any] | None = None,
     progress: Callable[[Progress], None] | None = None,
     shard_delay_s: float = 0.0,
+    latents: str = "raw",
+    latent_layout: str = "spatial",
+    image_size: tuple[int, int] | None = None,
 ) -> BatchSummary:
     """Run one batch job into ``out`` (resuming it when ``out`` holds the same job).
 
     ``task`` is encode (``input_path`` -> mu, logvar), decode (latents -> x) or sample (``n``
-    draws seeded by ``seed`` -> x). ``runtime_options`` go to ``Runtime.load`` unchanged."""
+    draws seeded by ``seed`` -> x). ``runtime_options`` go to ``Runtime.load`` unchanged. Decode
+    takes a pipeline's latents as they are stored: ``latents``, ``latent_layout`` and ``image_size``
+    as in ``Runtime.decode`` (:mod:`vae_deploy.latents`)."""
     if task not in TASKS:
         raise BatchError(f"unknown batch task {task!r}; expected one of {', '.join(TASKS)}")
     if workers < 1 or shard_rows < 1 or batch_size < 1:
@@ -110,9 +115,15 @@ def run_batch(
         if input_path is None:
             raise BatchError(f"batch {task} needs an INPUT")
         item = tuple(spec.input_shape if task == "encode" else spec.latent_shape)
+        if task == "decode" and (latents != "raw" or latent_layout != "spatial"):
+            from vae_deploy.latents import check_choice, layout_item_shape
+
+            check_choice(spec, latents, latent_layout)
+            item = layout_item_shape(spec, latent_layout)
         source = open_input(input_path, item_shape=item if task == "encode" else None)
         check_row_shape(source.item_shape, item, f"input {str(input_path)!r}")
-        spec_task = TaskSpec(task, item_shape=item, delay_s=shard_delay_s)
+        spec_task = TaskSpec(task, item_shape=item, delay_s=shard_delay_s, latents=latents,
+                             latent_layout=latent_layout, image_size=image_size)
         n_rows, input_id = source.n_rows, source.fingerprint()
 
     job = {
@@ -122,6 +133,8 @@ def run_batch(
         "input": input_id,
         "n": n_rows,
         "seed": seed if task == "sample" else None,
+        **({"latents": [latents, latent_layout, list(image_size or ())]}
+           if (latents, latent_layout) != ("raw", "spatial") else {}),
         "shard_rows": shard_rows,
         "batch_size": batch_size,
         "format": fmt,

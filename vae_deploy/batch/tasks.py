@@ -26,6 +26,10 @@ class TaskSpec:
     seed: int = 0
     latent_shape: tuple[int, ...] = ()  # sample: the concrete per-example latent shape
     delay_s: float = 0.0  # test hook: sleep before each shard, to make kill tests deterministic
+    # decode: a pipeline's latents as stored (vae_deploy.latents): normalisation, layout, image size
+    latents: str = "raw"
+    latent_layout: str = "spatial"
+    image_size: tuple[int, int] | None = None
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -71,6 +75,10 @@ def compute_shard(runtime: Any, task: TaskSpec, shard: Shard, rows: np.ndarray |
         if task.kind == "encode":
             mu, logvar = runtime.encode(to_model_rows(rows, task.item_shape))
             return {"mu": mu, "logvar": logvar}
+        if task.latents != "raw" or task.latent_layout != "spatial":
+            z = rows.astype(np.float32, copy=False)  # pipeline latents are stored as they came
+            return {"x": runtime.decode(z, latents=task.latents, latent_layout=task.latent_layout,
+                                        image_size=task.image_size)}
         return {"x": runtime.decode(to_model_rows(rows, task.item_shape))}
     except ValueError as e:  # the Runtime's input validation (e.g. NaN rows): name where it is
         raise DataError(f"rows {shard.start}..{shard.stop - 1} (shard {shard.index}): {e}") from None

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from vae_deploy.cli.options import friendly_errors
+from vae_deploy.cli.options import friendly_errors, latent_options
 
 
 def _runtime_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -119,9 +119,11 @@ def encode(export_dir: Path, input_path: Path, **kw: Any) -> None:
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="LATENTS", type=click.Path(path_type=Path))
 @job_options
+@latent_options
 @friendly_errors
 def decode(export_dir: Path, input_path: Path, **kw: Any) -> None:
-    """Decode LATENTS (.npy/.npz or a folder of .npy shards) to x shards."""
+    """Decode LATENTS (.npy/.npz or a folder of .npy shards) to x shards; a diffusion pipeline's
+    latents as it hands them out with --latents scaled and --latent-layout."""
     _run("decode", export_dir, input_path=input_path, **kw)
 
 

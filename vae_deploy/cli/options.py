@@ -250,3 +250,31 @@ def runtime_kwargs(engine: str, precision: str, force_bf16: bool, tuning_file: P
     if tuning_file is not None:
         out["tuning_file"] = tuning_file
     return out
+
+
+def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--latents``, ``--latent-layout``, ``--image-size``: a diffusion pipeline's latents as it
+    hands them out (see :mod:`vae_deploy.latents`), for every command that decodes stored latents."""
+    from vae_deploy.latents import LAYOUTS, SCALES
+
+    def size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+        from vae_deploy.errors import InputError
+        from vae_deploy.latents import parse_image_size
+
+        try:
+            return parse_image_size(value)
+        except InputError as e:
+            raise click.BadParameter(str(e)) from None
+
+    for option in reversed([
+        click.option("--latents", "latents", type=click.Choice(list(SCALES)), default="raw", show_default=True,
+                     help="raw: the VAE's own latents; scaled: a pipeline's (output_type='latent'), normalised as "
+                          "the matching diffusers pipeline does (scaling/shift factor, latents_mean/std, FLUX.2 bn)."),
+        click.option("--latent-layout", type=click.Choice(list(LAYOUTS)), default="spatial", show_default=True,
+                     help="How the latents are arranged: spatial [N, C, h, w], flux-packed (FLUX.1), "
+                          "flux2-packed / flux2-patchified (FLUX.2)."),
+        click.option("--image-size", callback=size, default=None, metavar="HxW",
+                     help="Packed latents: the image size in pixels given to the pipeline (default: square)."),
+    ]):
+        fn = option(fn)
+    return fn
