@@ -104,11 +104,12 @@ def test_weights_that_do_not_fit_are_refused_naming_the_tensors(folder, edit, ex
         assert ", ... (" in str(e.value)  # first few named, then how many more
 
 
-def test_weights_symlinked_out_of_the_folder_are_refused(folder, tmp_path):
-    outside = tmp_path / "elsewhere.safetensors"
-    shutil.move(folder / WEIGHTS, outside)
-    (folder / WEIGHTS).symlink_to(outside)
-    with pytest.raises(ConfigError, match="outside the model folder"):
+@pytest.mark.parametrize("name", [WEIGHTS, "config.json"])
+def test_files_symlinked_out_of_the_folder_are_refused(folder, tmp_path, name):
+    outside = tmp_path / f"elsewhere-{name}"
+    shutil.move(folder / name, outside)
+    (folder / name).symlink_to(outside)
+    with pytest.raises(ConfigError, match=f"{name}' resolves to .* outside the model folder"):
         load_diffusers(folder)
 
 

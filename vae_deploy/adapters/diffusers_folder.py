@@ -163,8 +163,11 @@ def _budget_mode(max_tensors: int, max_elements: int) -> Any:
     a million layers would otherwise spend minutes and gigabytes on module objects alone."""
     import torch
     from torch.overrides import TorchFunctionMode
-    from torch.utils._device import _device_constructors
 
+    try:
+        from torch.utils._device import _device_constructors  # the factory functions torch.device() redirects
+    except ImportError:  # a torch without it: the meta build still allocates nothing, only unbudgeted
+        return torch.device("meta")
     constructors = _device_constructors()
 
     class Budget(TorchFunctionMode):
