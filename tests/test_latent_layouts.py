@@ -184,6 +184,38 @@ def test_flux2_encode_scaled_matches_the_pipelines_image_latents():
     np.testing.assert_allclose(logvar, lat.patchify(raw_logvar) - 2 * np.log(std), rtol=1e-5, atol=1e-5)
 
 
+def test_wan_latents_decode_as_the_wan_pipeline_feeds_its_vae():
+    """Wan's pipeline applies ``latents_mean``/``latents_std`` without a scaling factor; the
+    statistics are read from the VAE by the export's own code (``with_latent_statistics``)."""
+    need_transformers()
+    from vae_deploy.adapters.diffusers_folder import with_latent_statistics
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLWan(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                     temperal_downsample=[False, True, True], latents_mean=[0.3, -0.2, 0.5, 0.1],
+                                     latents_std=[1.7, 0.6, 2.2, 0.9]).eval()
+    tr = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+                                         in_channels=4, out_channels=4, text_dim=16, freq_dim=256, ffn_dim=32,
+                                         num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                         rope_max_seq_len=32)
+    pipe = diffusers.WanPipeline(tokenizer=None, text_encoder=None, transformer=tr, vae=vae,
+                                 scheduler=diffusers.FlowMatchEulerDiscreteScheduler())
+    g = torch.Generator().manual_seed(1)
+    kw = dict(prompt_embeds=torch.randn(1, 5, 16, generator=g), num_inference_steps=1, height=16, width=16,
+              num_frames=5, guidance_scale=1.0)
+    latents = pipe(output_type="latent", generator=torch.Generator().manual_seed(3), **kw).frames.numpy()
+    seen = {}
+    orig = vae.decode
+    vae.decode = lambda z, *a, **k: (seen.__setitem__("z", z.clone()), orig(z, *a, **k))[1]
+    pipe(output_type="np", generator=torch.Generator().manual_seed(3), **kw)
+    vae.decode = orig
+    spec = with_latent_statistics(ExportSpec(input_shape=(3, -1, -1, -1), latent_shape=(4, -1, -1, -1)), vae)
+    assert spec.latents_std == (1.7, 0.6, 2.2, 0.9) and spec.latent_layouts == ("spatial",)
+    backend = TorchBackend(lambda x: (x, x), lambda z: seen.__setitem__("ours", z.clone()) or z[:, :3], spec)
+    backend.decode(latents, latents="scaled")
+    np.testing.assert_allclose(seen["ours"].numpy(), seen["z"].numpy(), rtol=1e-5, atol=1e-6)
+
+
 # --- the layouts against the pipelines' own helpers ----------------------------------------------
 @pytest.mark.parametrize("c, h, w", [(4, 8, 12), (16, 6, 4), (2, 2, 2)])
 def test_layout_functions_are_the_pipelines(c, h, w):
