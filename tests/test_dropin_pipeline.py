@@ -97,6 +97,7 @@ def test_pipeline_built_with_the_dropin(akl_and_dropin):
     for key in ("scaling_factor", "latent_channels", "in_channels", "out_channels"):
         assert dropin.config[key] == pytest.approx(model.config[key]), key
     assert dropin.config.force_upcast is False and dropin.config.latents_mean is None
+    assert dropin.runtime.spec.output_range == (-1.0, 1.0)  # recorded at export for diffusers VAEs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
