@@ -8,6 +8,9 @@ real ``AutoencoderKL`` with tiling enabled for ``enable_tiling``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +94,7 @@ def test_pipeline_built_with_the_dropin(akl_and_dropin):
     model, dropin = akl_and_dropin
     pipe = tiny_dit_pipeline(dropin)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.to("cpu") is pipe and pipe.vae is dropin  # moving the pipeline leaves the drop-in be
     out = pipe(class_labels=[2], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape == (1, 16, 16, 3)
     assert 2 ** (len(dropin.config.block_out_channels) - 1) == 2 ** (len(model.config.block_out_channels) - 1)
@@ -155,3 +159,14 @@ def test_to_and_dtype(akl_and_dropin):
     assert dropin.to(torch.float16) is dropin and dropin.dtype == torch.float16
     dropin.to("cpu", dtype=torch.float32)
     assert dropin.dtype == torch.float32 and dropin.device == torch.device("cpu")
+
+
+def test_deterministic_posterior_samples_its_mode(akl_and_dropin):
+    """An export whose encoder is deterministic (``ExportSpec.posterior``) gives sample == mode."""
+    rt = copy.copy(akl_and_dropin[1].runtime)  # the same engine, another spec
+    rt.spec = dataclasses.replace(rt.spec, posterior="deterministic")
+    dropin = RuntimeAutoencoder(rt)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    dist = dropin.encode(x).latent_dist
+    torch.testing.assert_close(dist.sample(torch.Generator().manual_seed(1)), dist.mode())
+    torch.testing.assert_close(dist.mean, dist.mode())
