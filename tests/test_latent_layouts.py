@@ -347,3 +347,24 @@ def test_batch_decode_takes_packed_scaled_latents(stats_export, tmp_path):
     r = CliRunner().invoke(main, [*args, "--latent-layout", "flux2-packed", "--out", str(tmp_path / "bad")])
     assert r.exit_code == 1 and r.output.count("Error: ") == 1, r.output
     assert "it accepts spatial, flux-packed" in r.output and "Traceback" not in r.output
+
+
+def test_the_decode_command_takes_packed_scaled_latents(stats_export, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from vae_deploy.cli import main
+    from vae_deploy.runtime import Runtime
+
+    rt = Runtime.load(stats_export)
+    x = np.random.default_rng(3).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)
+    packed, _ = rt.encode(x, latents="scaled", latent_layout="flux-packed")
+    np.save(tmp_path / "z.npy", packed)
+    r = CliRunner().invoke(main, ["decode", str(stats_export), str(tmp_path / "z.npy"), "--latents", "scaled",
+                                  "--latent-layout", "flux-packed", "--output-range", "0,1", "--out",
+                                  str(tmp_path / "png")])
+    assert r.exit_code == 0, r.output
+    got = np.stack([np.asarray(Image.open(p)) for p in sorted((tmp_path / "png").glob("*.png"))])
+    from vae_deploy.images import to_uint8
+
+    np.testing.assert_array_equal(got, to_uint8(rt.decode(rt.encode(x)[0]), (0.0, 1.0)))

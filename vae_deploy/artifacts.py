@@ -101,6 +101,9 @@ class ExportSpec:
             f"{META_PREFIX}source_sha256": self.source_sha256,
             f"{META_PREFIX}producer_version": __version__,
             **self._latent_metadata(),
+            # "low,high" (e.g. "-1.0,1.0"), only where declared.
+            **({f"{META_PREFIX}output_range": ",".join(repr(float(v)) for v in self.output_range)}
+               if self.output_range else {}),
         }
 
     def _latent_metadata(self) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,8 @@ class Backend:
             mu, logvar = from_spatial(mu, latent_layout), from_spatial(logvar, latent_layout)
         return (mu[0], logvar[0]) if single else (mu, logvar)
 
-    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw", latent_layout: str = "spatial",
-               image_size: Sequence[int] | None = None) -> np.ndarray:
+    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw", output: str = "float",
+               latent_layout: str = "spatial", image_size: Sequence[int] | None = None) -> Any:
         """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``.
 
         ``tile``: decode in overlapping latent tiles of this size (diffusers' ``tiled_decode``
@@ -103,7 +104,12 @@ class Backend:
         ``latent_layout``: ``z`` as the pipeline hands it out (``"flux-packed"`` ``[N, tokens, 4C]``
         for FLUX.1, ``"flux2-packed"``/``"flux2-patchified"`` for FLUX.2; see
         :mod:`vae_deploy.latents`), with ``image_size=(H, W)`` in pixels for packed latents that
-        are not square."""
+        are not square.
+
+        ``output``: "float" (the decoder's output), "uint8" (images ``[N, H, W, C]``) or "pil" (a
+        list of PIL images), converted from the export's output range as diffusers'
+        ``VaeImageProcessor.postprocess`` does (:func:`vae_deploy.images.to_uint8`)."""
+        rng = self._image_range(output) if output != "float" else None  # before any work
         if latents != "raw" or latent_layout != "spatial":
             z = self._to_vae_latents(z, latents, latent_layout, image_size)
         z, single = self._prepare(z, self.latent_shape, "z")
@@ -113,7 +119,25 @@ class Backend:
             x_hat = self._decode(z)
         else:
             (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        if rng is not None:
+            from vae_deploy.images import convert_output
+
+            images = convert_output(x_hat, output, rng)
+            return images[0] if single else images
         return x_hat[0] if single else x_hat
+
+    def _image_range(self, output: str) -> tuple[float, float]:
+        """The range images out map to 0..255; an older export's assumed range is said once."""
+        from vae_deploy.images import check_output, resolve_output_range
+
+        check_output(output)
+        rng, how = resolve_output_range(self.spec)
+        if rng is None:
+            raise InputError(f"output={output!r}: {how}; decode with output='float' and convert it yourself")
+        if how != "declared by the export" and not getattr(self, "_range_noted", False):
+            warnings.warn(how, stacklevel=3)
+            self._range_noted = True
+        return rng
 
     def _decode_chunks(self, z: np.ndarray) -> list[np.ndarray]:
         return self._chunked(lambda c: (self._decode(c),), z, 1)

@@ -188,6 +188,7 @@ def spec_from_session(sess: Any) -> ExportSpec:
             latents_mean=_floats(meta.get(f"{META_PREFIX}latents_mean", "")),
             latents_std=_floats(meta.get(f"{META_PREFIX}latents_std", "")),
             latent_layouts=tuple(v for v in meta.get(f"{META_PREFIX}latent_layouts", "").split(",") if v),
+            output_range=_floats(meta.get(f"{META_PREFIX}output_range", "")),
         )
     except KeyError as e:
         raise ArtifactError(f"ONNX model lacks the vae-deploy metadata key {e.args[0]!r}") from None

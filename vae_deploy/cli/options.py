@@ -252,10 +252,10 @@ def runtime_kwargs(engine: str, precision: str, force_bf16: bool, tuning_file: P
     return out
 
 
-def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``--latents``, ``--latent-layout``, ``--image-size``: a diffusion pipeline's latents as it
-    hands them out (see :mod:`vae_deploy.latents`), for every command that decodes stored latents."""
-    from vae_deploy.latents import LAYOUTS, SCALES
+def latent_layout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--latent-layout`` and ``--image-size``: how a pipeline's latents are arranged (see
+    :mod:`vae_deploy.latents`)."""
+    from vae_deploy.latents import LAYOUTS
 
     def size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
         from vae_deploy.errors import InputError
@@ -267,9 +267,6 @@ def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.BadParameter(str(e)) from None
 
     for option in reversed([
-        click.option("--latents", "latents", type=click.Choice(list(SCALES)), default="raw", show_default=True,
-                     help="raw: the VAE's own latents; scaled: a pipeline's (output_type='latent'), normalised as "
-                          "the matching diffusers pipeline does (scaling/shift factor, latents_mean/std, FLUX.2 bn)."),
         click.option("--latent-layout", type=click.Choice(list(LAYOUTS)), default="spatial", show_default=True,
                      help="How the latents are arranged: spatial [N, C, h, w], flux-packed (FLUX.1), "
                           "flux2-packed / flux2-patchified (FLUX.2)."),
@@ -278,3 +275,15 @@ def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]):
         fn = option(fn)
     return fn
+
+
+def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--latents`` plus :func:`latent_layout_options`: a diffusion pipeline's latents as it hands
+    them out, for every command that decodes stored latents."""
+    from vae_deploy.latents import SCALES
+
+    fn = latent_layout_options(fn)
+    return click.option(
+        "--latents", "latents", type=click.Choice(list(SCALES)), default="raw", show_default=True,
+        help="raw: the VAE's own latents; scaled: a pipeline's (output_type='latent'), normalised as the matching "
+             "diffusers pipeline does (scaling/shift factor, latents_mean/std, FLUX.2 bn).")(fn)
