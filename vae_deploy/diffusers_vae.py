@@ -34,6 +34,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 
 from vae_deploy.errors import InputError
+from vae_deploy.latents import norm_space
 from vae_deploy.runtime import Runtime
 
 #: diffusers' AutoencoderKL default for Stable Diffusion (sample_size 512 / 8): an export does
@@ -153,8 +154,9 @@ def _config(spec: Any, ratio: int) -> dict[str, Any]:
         "sample_size": int(spec.concrete_input_shape[1]),
         "scaling_factor": float(spec.scaling_factor),
         "shift_factor": float(spec.shift_factor),
-        "latents_mean": list(spec.latents_mean) if spec.latents_mean else None,
-        "latents_std": list(spec.latents_std) if spec.latents_std else None,
+        # config-style statistics only: FLUX.2's are BatchNorm ones on the patchified latent (4C values)
+        "latents_mean": list(spec.latents_mean) if norm_space(spec) == "channel" else None,
+        "latents_std": list(spec.latents_std) if norm_space(spec) == "channel" else None,
         "force_upcast": False,
         "use_quant_conv": True,
         "use_post_quant_conv": True,
