@@ -167,6 +167,7 @@ def test_default_budget_gates_int8_out(variants_export, tmp_path, no_bf16):
     ("ort-cuda-fp16", "CPU engines only"),
     ("ort-cpu-int8", "no int8 decoder"),
     ("tensorrt-cpu", "not a backend label"),
+    ("ort-cpu-fp64", "unknown precision"),
 ])
 def test_hand_edited_labels_are_rechecked(exports, tmp_path, no_bf16, tune_calls, label, why):
     path = tmp_path / "t.json"

@@ -43,7 +43,7 @@ LOSSY_PRECISIONS = ("int8", "bf16", "fp16")
 MAX_TUNE_ELEMENTS = 1 << 22  # batch x output elements per timed call: keeps tuning seconds-long
 #: A record tuned at another latent shape stands in when its element count is within this factor.
 NEAR_SHAPE_FACTOR = 2.0
-LABEL = re.compile(r"^(ort|openvino)-([a-z]+)(?:-(fp32-fast|int8|bf16|fp16))?$")
+LABEL = re.compile(r"^(ort|openvino)-([a-z]+)(?:-([a-z0-9-]+))?$")
 
 
 def library_versions() -> dict[str, str | None]:
@@ -249,6 +249,8 @@ def recheck(label: str, rec: dict[str, Any], manifest: dict[str, Any], budget: B
     if parsed is None:
         return "not a backend label"
     engine, device, precision = parsed
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}"
     if device != "cpu":
         return f"device {device!r}: auto tunes and loads CPU engines only"
     if engine not in available_engines():
