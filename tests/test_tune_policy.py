@@ -284,6 +284,7 @@ def test_records_are_bounded_oldest_dropped(exports, tmp_path):
     ["sample", "{e}", "--engine", "auto", "--fp32-only", "--max-error", "0.1"],
     ["sample", "{e}", "--fp32-only"],  # a budget without auto
     ["reconstruct", "{e}", "{e}/manifest.json", "--max-error", "0.1"],
+    ["serve", "{e}", "--fp32-only"],
 ])
 def test_bad_budget_options_are_usage_errors(exports, tmp_path, args):
     res = CliRunner().invoke(main, [a.format(e=exports["mlp"]) for a in args] + ["--tuning-file",
@@ -303,6 +304,15 @@ def test_cli_budget_reaches_auto(exports, tmp_path, tune_calls):
     res = CliRunner().invoke(main, ["sample", str(exports["mlp"]), "-n", "2", "--engine", "auto",
                                     "--tuning-file", str(path)])
     assert res.exit_code == 0 and len(tune_calls) == 2, res.output  # the default budget: another record
+
+
+def test_serve_passes_the_budget_to_runtime_load(exports, monkeypatch):
+    import vae_deploy.serve
+
+    seen = {}
+    monkeypatch.setattr(vae_deploy.serve, "serve", lambda export_dir, options, **kw: seen.update(kw))
+    res = CliRunner().invoke(main, ["serve", str(exports["mlp"]), "--engine", "auto", "--max-error", "0.05"])
+    assert res.exit_code == 0 and seen["engine"] == "auto" and seen["max_error"] == 0.05, res.output
 
 
 def test_tune_refuses_an_export_with_a_random_operator(exports, tmp_path):
