@@ -97,6 +97,9 @@ class ExportSpec:
             f"{META_PREFIX}example_latent_shape": shape(self.concrete_latent_shape),
             f"{META_PREFIX}source_sha256": self.source_sha256,
             f"{META_PREFIX}producer_version": __version__,
+            # "low,high" (e.g. "-1.0,1.0"), only where declared.
+            **({f"{META_PREFIX}output_range": ",".join(repr(float(v)) for v in self.output_range)}
+               if self.output_range else {}),
         }
 
     def model_section(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,18 @@ class Backend:
             mu, logvar = self._scale_posterior(mu, logvar, latents)
         return (mu[0], logvar[0]) if single else (mu, logvar)
 
-    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw") -> np.ndarray:
+    def decode(self, z: Any, *, tile: int | None = None, latents: str = "raw", output: str = "float") -> Any:
         """z ``[N, *latent_shape]`` (or one latent) -> x_hat ``[N, *input_shape]``.
 
         ``tile``: decode in overlapping latent tiles of this size (diffusers' ``tiled_decode``
         with ``tile_latent_min_size=tile``; a multiple of 4). ``latents="scaled"``: ``z`` is a
         diffusion pipeline's latent, ``(z_vae - shift_factor) * scaling_factor``; it is
-        unscaled with the factors recorded at export before decoding."""
+        unscaled with the factors recorded at export before decoding.
+
+        ``output``: "float" (the decoder's output), "uint8" (images ``[N, H, W, C]``) or "pil" (a
+        list of PIL images), converted from the export's output range as diffusers'
+        ``VaeImageProcessor.postprocess`` does (:func:`vae_deploy.images.to_uint8`)."""
+        rng = self._image_range(output) if output != "float" else None  # before any work
         z, single = self._prepare(z, self.latent_shape, "z")
         if latents != "raw":
             z = self._unscale(z, latents)
@@ -98,7 +104,25 @@ class Backend:
             x_hat = self._decode(z)
         else:
             (x_hat,) = self._chunked(lambda c: (self._decode(c),), z, 1)
+        if rng is not None:
+            from vae_deploy.images import convert_output
+
+            images = convert_output(x_hat, output, rng)
+            return images[0] if single else images
         return x_hat[0] if single else x_hat
+
+    def _image_range(self, output: str) -> tuple[float, float]:
+        """The range images out map to 0..255; an older export's assumed range is said once."""
+        from vae_deploy.images import check_output, resolve_output_range
+
+        check_output(output)
+        rng, how = resolve_output_range(self.spec)
+        if rng is None:
+            raise InputError(f"output={output!r}: {how}; decode with output='float' and convert it yourself")
+        if how != "declared by the export" and not getattr(self, "_range_noted", False):
+            warnings.warn(how, stacklevel=3)
+            self._range_noted = True
+        return rng
 
     def _decode_chunks(self, z: np.ndarray) -> list[np.ndarray]:
         return self._chunked(lambda c: (self._decode(c),), z, 1)

@@ -27,6 +27,7 @@ from torch import nn
 from vae_deploy.adapters.outputs import GAUSSIAN_FORMS, TENSOR_FORMS, NoFit, as_gaussian, as_tensor, describe
 from vae_deploy.errors import ConfigError
 from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
+from vae_deploy.images import export_output_range
 
 LIKELIHOODS = ("unknown", "gaussian", "bernoulli")
 _SPATIAL_NAMES = {1: ("length",), 2: ("height", "width"), 3: ("depth", "height", "width")}
@@ -283,6 +284,7 @@ def from_module(
         },
         example_input_shape=tuple(x.shape[1:]),
         example_latent_shape=tuple(probe.mu.shape[1:]),
+        output_range=export_output_range(lik, _family(module, probe.adapter)),
     )
     enc, dec = probe.adapter.halves(module)
     return Exportable(

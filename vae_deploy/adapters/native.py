@@ -8,6 +8,7 @@ import torch
 
 from vae_deploy.checkpoint import Checkpoint
 from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
+from vae_deploy.images import export_output_range
 from vae_deploy.model import VAE
 
 
@@ -19,7 +20,7 @@ def from_vae(model: VAE, *, source_sha256: str = "", source_path: str = "",
     spec = ExportSpec(
         input_shape=cfg.input_shape, latent_shape=(cfg.latent_dim,), likelihood=cfg.likelihood,
         family=cfg.family, source_sha256=source_sha256, source_path=source_path, config=cfg.to_dict(),
-        data_spec=data_spec or {},
+        data_spec=data_spec or {}, output_range=export_output_range(cfg.likelihood, cfg.family, data_spec),
     )
     gen = torch.Generator().manual_seed(0)
     return Exportable(

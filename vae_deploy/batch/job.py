@@ -15,6 +15,7 @@ from vae_deploy.batch.inputs import InputSource, open_input
 from vae_deploy.batch.output import BatchError, OutputFolder
 from vae_deploy.batch.plan import Shard, plan_shards
 from vae_deploy.batch.tasks import TASKS, TaskSpec, check_row_shape
+from vae_deploy.images import resolve_output_range
 from vae_deploy.runtime import variant_file
 
 # Runtime options that change only speed, not results: left out of the job's identity so a
@@ -127,7 +128,7 @@ def run_batch(
         "format": fmt,
         "runtime": {k: v for k, v in sorted(options.items()) if k not in _SPEED_ONLY},
     }
-    folder = OutputFolder(Path(out), job, fmt)
+    folder = OutputFolder(Path(out), job, fmt, output_range=resolve_output_range(spec)[0] if fmt == "png" else None)
     plan = plan_shards(n_rows, shard_rows)
     folder.open()
     todo = [s for s in plan if s.index not in folder.shards]

@@ -31,7 +31,7 @@ MANIFEST = "manifest.json"
 JOURNAL = "shards.jsonl"
 FORMAT_NAME = "vae-deploy-batch"
 FORMAT_VERSION = 1
-FORMATS = ("npy", "parquet")
+FORMATS = ("npy", "parquet", "png")
 ORDER = ("shard k holds rows [start, stop) of the job in input order (sampling: the draws seeded by "
          "SeedSequence(seed).spawn()[k]); concatenating the shards in index order gives every row once")
 
@@ -85,9 +85,18 @@ def encode_parquet(shard: Shard, arrays: dict[str, np.ndarray]) -> bytes:
 class OutputFolder:
     """``OUT``: shard files plus ``manifest.json``; owned by exactly one job description."""
 
-    def __init__(self, path: Path, job: dict[str, Any], fmt: str) -> None:
+    def __init__(self, path: Path, job: dict[str, Any], fmt: str,
+                 output_range: tuple[float, float] | None = None) -> None:
+        """``output_range``: what ``png`` maps to 0..255 (:func:`vae_deploy.images.to_uint8`)."""
         if fmt not in FORMATS:
             raise BatchError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+        if fmt == "png" and job.get("task") == "encode":
+            raise BatchError("--format png writes images: it is for batch decode and batch sample, not encode "
+                             "(latents are not images; use npy or parquet)")
+        if fmt == "png" and output_range is None:
+            raise BatchError("--format png needs the decoder's output range, and this export declares none "
+                             "(a Gaussian VAE trained on data of unknown range); use npy or parquet")
+        self.output_range = output_range
         self.path = Path(path)
         self.job = job
         self.fmt = fmt
@@ -149,6 +158,8 @@ class OutputFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         if self.fmt == "npy":
             blobs = {name: (f"{shard.stem}.{name}.npy", encode_npy(a)) for name, a in arrays.items()}
+        elif self.fmt == "png":
+            blobs = self._png_blobs(shard, arrays)
         else:
             blobs = {"table": (f"{shard.stem}.parquet", encode_parquet(shard, arrays))}
         files = {}
@@ -168,6 +179,18 @@ class OutputFolder:
             os.fsync(f.fileno())
         self.shards[shard.index] = entry
 
+    def _png_blobs(self, shard: Shard, arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, bytes]]:
+        """One PNG per row, named by its row in the job, zero-padded (sorted names = input order)."""
+        from vae_deploy.images import png_bytes, to_uint8
+
+        digits = max(5, len(str(max(int(self.job.get("n") or 0) - 1, 0))))
+        blobs = {}
+        for name, a in arrays.items():
+            for i, im in enumerate(to_uint8(a, self.output_range)):  # type: ignore[arg-type]
+                row = shard.start + i
+                blobs[f"{name}/{row}"] = (f"{name}-{row:0{digits}d}.png", png_bytes(im))
+        return blobs
+
     def finish(self, summary: dict[str, Any]) -> None:
         self._save(complete=True, summary=summary)
 
@@ -181,6 +204,10 @@ class OutputFolder:
             "shards": [self.shards[k] for k in sorted(self.shards)],
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if self.fmt == "png":
+            doc["images"] = {"output_range": list(self.output_range or ()),
+                             "rule": "uint8 = round_half_even(clip((x - low) / (high - low), 0, 1) * 255), "
+                                     "as diffusers' VaeImageProcessor.postprocess"}
         if summary is not None:
             doc["summary"] = summary
         self.path.mkdir(parents=True, exist_ok=True)
@@ -234,6 +261,8 @@ def read_outputs(out: str | Path, *, verify: bool = True) -> dict[str, np.ndarra
                 raise BatchError(f"{str(p)!r} does not match its sha256 in the manifest")
             if p.suffix == ".npy":
                 parts.setdefault(key, []).append(np.load(p, allow_pickle=False))
+            elif p.suffix == ".png":
+                parts.setdefault(key.split("/")[0], []).append(_read_png(p)[None])
             else:
                 for name, a in _read_parquet(p).items():
                     parts.setdefault(name, []).append(a)
@@ -250,3 +279,12 @@ def _read_parquet(path: Path) -> dict[str, np.ndarray]:
         flat = table.column(name).combine_chunks().flatten().to_numpy()
         out[name] = flat.reshape(-1, *shape)
     return out
+
+
+def _read_png(path: Path) -> np.ndarray:
+    """uint8 [H, W, C] (C = 1 for grayscale)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        a = np.asarray(im)
+    return a[..., None] if a.ndim == 2 else a

@@ -17,7 +17,8 @@ def main() -> None:
     """Train a VAE, export its encoder and decoder, and run, verify and measure them."""
 
 
-for _command in (train.train, train.info, export.export, run.sample, run.reconstruct, verify.verify,
+for _command in (train.train, train.info, export.export, run.sample, run.reconstruct, run.decode,
+                 verify.verify,
                  serve.triton_repo, serve.serve, bench.bench, tune.tune, batch.batch, web.web):
     main.add_command(_command)
 

@@ -35,7 +35,8 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--out", type=click.Path(path_type=Path), required=True,
                      help="Output folder: shards + manifest.json. Rerunning into it resumes the job."),
-        click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True),
+        click.option("--format", "fmt", type=click.Choice(["npy", "parquet", "png"]), default="npy", show_default=True,
+                     help="png (decode/sample): one image per row, as diffusers' VaeImageProcessor makes it."),
         click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
                      help="Rows per output shard (the unit of work, retry and resume)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,

@@ -1,10 +1,16 @@
-"""`vae-deploy sample` and `vae-deploy reconstruct`: the Runtime from the shell."""
+"""`vae-deploy sample`, `reconstruct` and `decode`: the Runtime from the shell.
+
+Every PNG written here goes through :func:`vae_deploy.images.to_uint8` with the export's
+output range (diffusers' ``VaeImageProcessor.postprocess``), so a grid or a decoded PNG shows the
+pixels a diffusion pipeline would."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
+import numpy as np
 
 from vae_deploy.cli.options import (
     check_memory,
@@ -52,7 +58,7 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
     if out:
         click.echo(f"samples: {save_npy(out, x)}")
     if grid:
-        click.echo(f"grid: {save_grid(grid, x)}")
+        click.echo(f"grid: {save_grid(grid, x, output_range=_grid_range(rt.spec))}")
 
 
 @click.command()
@@ -91,4 +97,95 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, prec
     if grid:
         k = min(len(x), 16)
         sections = [(f"input (first {k})", x[:k]), ("reconstruction", x_hat[:k])]
-        click.echo(f"grid: {save_labelled_grid(grid, sections, cols=k)}")
+        click.echo(f"grid: {save_labelled_grid(grid, sections, cols=k, output_range=_grid_range(rt.spec))}")
+
+
+def _grid_range(spec: object) -> tuple[float, float] | None:
+    """The range grids map to 0..255; a fallback (older export) or its absence is said in one line."""
+    from vae_deploy.images import resolve_output_range
+
+    rng, how = resolve_output_range(spec)
+    if rng is None:
+        click.echo(f"note: {how}; the grid stretches each image set's min..max to 0..255", err=True)
+    elif how != "declared by the export":
+        click.echo(f"note: {how}", err=True)
+    return rng
+
+
+def _output_range(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LOW,HIGH (e.g. -1,1), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise click.BadParameter(f"expected finite LOW < HIGH, got {value!r}")
+    return lo, hi
+
+
+def load_latents(path: Path) -> np.ndarray:
+    """A user's .npy (or one-array .npz) of latents as float32, checked before any engine opens."""
+    from vae_deploy.data.arrays import npz_key
+    from vae_deploy.errors import InputError
+    from vae_deploy.files import check_user_file
+
+    check_user_file(path, "array")
+    if path.suffix not in (".npy", ".npz"):
+        raise InputError(f"latents {str(path)!r}: expected a .npy or .npz file, got suffix {path.suffix!r}")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            loaded = loaded[npz_key(list(loaded.keys()), f"latents {str(path)!r}")]
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"latents {str(path)!r} could not be read as a numpy array without pickle: {e}") from None
+    if not (np.issubdtype(loaded.dtype, np.floating) or np.issubdtype(loaded.dtype, np.integer)):
+        raise InputError(f"latents {str(path)!r}: expected a float array, got dtype {loaded.dtype}")
+    return np.asarray(loaded, dtype=np.float32)
+
+
+@click.command()
+@click.argument("export_dir", type=click.Path(path_type=Path))
+@click.argument("latents_file", metavar="LATENTS", type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="A new or empty folder: one PNG per latent, 00000.png, 00001.png, ...")
+@click.option("--latents", "scale", type=click.Choice(["raw", "scaled"]), default="raw", show_default=True,
+              help="raw: the VAE's own latents; scaled: a pipeline's output_type='latent' "
+                   "((z - shift_factor) * scaling_factor), unscaled with the export's factors.")
+@click.option("--output-range", callback=_output_range, default=None, metavar="LOW,HIGH",
+              help="The decoder output's range mapped to 0..255 (default: the one the export declares).")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@engine_options
+@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
+@friendly_errors
+def decode(export_dir: Path, latents_file: Path, out: Path, scale: str, output_range: tuple[float, float] | None,
+           provider: str, engine: str, precision: str, force_bf16: bool, tuning_file: Path | None,
+           tile: int | None) -> None:
+    """Decode LATENTS (.npy [N, *latent_shape] or one latent) to PNGs, as a pipeline's images."""
+    from vae_deploy.errors import InputError
+    from vae_deploy.images import resolve_output_range, save_pngs, to_uint8
+    from vae_deploy.runtime import Runtime
+
+    check_writable(out, "--out", folder=True)
+    if out.is_dir() and any(out.iterdir()):
+        raise InputError(f"--out {str(out)!r} is not empty: expected a new or empty folder (nothing was written)")
+    z = load_latents(latents_file)
+    rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
+    if output_range is None:
+        output_range, how = resolve_output_range(rt.spec)
+        if output_range is None:
+            raise InputError(f"{how}: pass --output-range LOW,HIGH (the range the decoder was trained to output)")
+        if how != "declared by the export":
+            click.echo(f"note: {how}", err=True)
+    single = z.ndim == len(rt.latent_shape)
+    n = 1 if single else len(z)
+    check_memory(4 * z.size * (1 + max(1, math.prod(rt.spec.concrete_input_shape) //
+                                     max(1, math.prod(rt.spec.concrete_latent_shape)))), f"{n} latents")
+    x = rt.decode(z, latents=scale, tile=tile)
+    images = to_uint8(x[None] if single else x, output_range)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = save_pngs(out, images)
+    h, w, c = images.shape[1:]
+    click.echo(f"decoded {len(paths)} latents on {rt.engine.label} ({rt.precision}) to {w}x{h} "
+               f"{'RGB' if c == 3 else 'RGBA' if c == 4 else 'grayscale'} PNGs in {out} "
+               f"(range ({output_range[0]:g}, {output_range[1]:g}) -> 0..255)")
