@@ -623,6 +623,35 @@ def test_scan_agrees_with_python_on_real_exports(vae_sample, cpp_exports):
     run_cpp(vae_sample, "--model", cpp_exports["conv"], "--info")
 
 
+def test_damaged_graphs_give_one_clean_line(vae_sample, tmp_path):
+    # seeded damage to a graph with a subgraph, the manifest re-hashed each time so that only
+    # the scan and ONNX Runtime stand in the way: never a crash, never a random op let through,
+    # and every refusal one line of valid UTF-8 (names read from damaged bytes included)
+    import random
+
+    model = tiny_decoder(tmp_path / "m", **_random_variants()["if-subgraph"])
+    raw = (model / "decoder.onnx").read_bytes()
+    rnd = random.Random(0)
+    for _ in range(60):
+        b = bytearray(raw)
+        how = rnd.choice(["truncate", "flip", "scramble"])
+        if how == "truncate":
+            b = b[: rnd.randrange(len(b))]
+        elif how == "flip":
+            b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+        else:
+            for _ in range(8):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        (model / "decoder.onnx").write_bytes(bytes(b))
+        write_manifest(model, [1, 2, 2], [4])
+        r = subprocess.run(
+            [str(vae_sample), "--model", str(model), "--n", "2"], capture_output=True, timeout=60
+        )
+        assert r.returncode == 1, (how, r.returncode, r.stderr[-500:])  # the RandomUniform, or a broken graph
+        line = r.stderr.decode("utf-8")  # raises on invalid UTF-8
+        assert line.count("\n") == 1 and line.startswith("vae_sample: error: "), line
+
+
 # --- bad input and bounds ----------------------------------------------------------------------------
 
 

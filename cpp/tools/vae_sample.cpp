@@ -280,20 +280,55 @@ int run(const Args& a) {
   return 0;
 }
 
+// An error is one line of valid UTF-8: ONNX Runtime's messages span lines, and names read
+// from a damaged model may hold any byte. Line breaks become spaces, other control bytes and
+// invalid UTF-8 become '?'.
+std::string one_line(const std::string& text) {
+  std::string out;
+  const auto* u = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned char c = u[i];
+    if (c == '\n' || c == '\r' || c == '\t') {
+      if (!out.empty() && out.back() != ' ') out += ' ';
+      ++i;
+    } else if (c < 0x20 || c == 0x7f) {
+      out += '?';
+      ++i;
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+      ++i;
+    } else {
+      const std::size_t len = c >= 0xf0 && c <= 0xf4 ? 4 : c >= 0xe0 ? 3 : c >= 0xc2 && c <= 0xdf ? 2 : 0;
+      bool ok = len > 0 && i + len <= n;
+      for (std::size_t k = 1; ok && k < len; ++k) ok = (u[i + k] & 0xc0) == 0x80;
+      if (ok) {
+        out.append(text, i, len);
+        i += len;
+      } else {
+        out += '?';
+        ++i;
+      }
+    }
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     return run(parse(argc, argv));
   } catch (const UsageError& e) {
-    std::cerr << "vae_sample: " << e.what() << "\n(see vae_sample --help)\n";
+    std::cerr << "vae_sample: " << one_line(e.what()) << "\n(see vae_sample --help)\n";
     return 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "vae_sample: error: out of memory (std::bad_alloc): the batch does not fit this machine; "
                  "use a smaller --n or input file\n";
     return 1;
   } catch (const std::exception& e) {
-    std::cerr << "vae_sample: error: " << e.what() << '\n';
+    std::cerr << "vae_sample: error: " << one_line(e.what()) << '\n';
     return 1;
   }
 }
