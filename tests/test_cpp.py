@@ -22,7 +22,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from tests.conftest import spatial_toy_export
+from tests.conftest import copy_export, spatial_toy_export
+from vae_deploy.artifacts import file_sha256
+from vae_deploy.contract import random_ops
 
 CPP = Path(__file__).resolve().parents[1] / "cpp"
 TOL = 1e-5
@@ -231,6 +233,28 @@ def _shape(s: tuple[int, ...]) -> str:
     return ",".join(map(str, s))
 
 
+def _manifest_shape(text: str | None) -> list[int]:
+    """A metadata shape as the manifest records it (-1 for a dynamic axis)."""
+    parts = (text or "").split(",")
+    return [int(p) if p.strip().isdigit() and int(p) > 0 else -1 for p in parts]
+
+
+def write_manifest(
+    folder: Path, input_shape: list[int], latent_shape: list[int], roles: dict[str, str] | None = None
+) -> Path:
+    """A manifest.json listing ``roles`` (name -> role; default: decoder.onnx), hashed now."""
+    import json
+
+    roles = roles or {"decoder.onnx": "decoder"}
+    files = {name: {"sha256": file_sha256(folder / name), "size": (folder / name).stat().st_size, "role": role,
+                    "format": "onnx" if name.endswith(".onnx") else "data", "precision": "fp32"}
+             for name, role in roles.items()}  # fmt: skip
+    manifest = {"format": {"name": "vae-deploy-export", "version": 1},
+                "model": {"input_shape": input_shape, "latent_shape": latent_shape}, "files": files}  # fmt: skip
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
 def tiny_decoder(
     path: Path,
     *,
@@ -239,8 +263,13 @@ def tiny_decoder(
     graph_latent: int = 4,
     x_shape: tuple[int, ...] = (1, 2, 2),
     meta: dict[str, str | None] | None = None,
+    extra_nodes: list[onnx.NodeProto] | None = None,
+    extra_initializers: list[onnx.TensorProto] | None = None,
+    functions: list[onnx.FunctionProto] | None = None,
+    manifest: bool = True,
 ) -> Path:
-    """A hand-built decoder graph: z [N, k] -> MatMul -> Reshape -> x_hat [N, *x_shape]."""
+    """A hand-built decoder graph: z [N, k] -> MatMul -> Reshape -> x_hat [N, *x_shape], with a
+    manifest.json that lists and hashes it (``manifest=False``: none)."""
     size = math.prod(x_shape)
     w = helper.make_tensor(
         "w", TensorProto.FLOAT, [graph_latent, size], np.ones(graph_latent * size).tolist()
@@ -255,9 +284,11 @@ def tiny_decoder(
         nodes, "decoder",
         [helper.make_tensor_value_info(input_name, input_type, ["batch", graph_latent])],
         [helper.make_tensor_value_info("x_hat", TensorProto.FLOAT, ["batch", *x_shape])],
-        initializer=[w, target],
+        initializer=[w, target, *(extra_initializers or [])],
     )  # fmt: skip
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    graph.node.extend(extra_nodes or [])
+    opsets = [helper.make_opsetid("", 18)] + ([helper.make_opsetid("local", 1)] if functions else [])
+    proto = helper.make_model(graph, opset_imports=opsets, functions=functions or [])
     proto.ir_version = 8
     props: dict[str, str | None] = {
         "format_version": "1", "role": "decoder", "input_shape": _shape(x_shape), "latent_shape": "4", "latent_dim": "4",
@@ -266,6 +297,8 @@ def tiny_decoder(
     helper.set_model_props(proto, {f"vae_deploy.{k}": v for k, v in props.items() if v is not None})
     path.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path / "decoder.onnx"))
+    if manifest:
+        write_manifest(path, _manifest_shape(props["input_shape"]), _manifest_shape(props["latent_shape"]))
     return path
 
 
@@ -308,21 +341,24 @@ def test_dynamic_latent_axes_need_a_z_file(vae_sample, tmp_path):
          "role", "format-version", "no-metadata", "bad-shape-text"],
 )  # fmt: skip
 def test_clear_error_for_a_model_that_breaks_the_contract(vae_sample, variant, message, tmp_path):
-    model = tiny_decoder(tmp_path / "bad", **variant)
-    r = run_cpp(vae_sample, "--model", model, "--n", 2, ok=False)
+    # the session-level checks, which stand behind the manifest's (its shapes follow the metadata here)
+    model = tiny_decoder(tmp_path / "bad", **variant, manifest=False)
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, "--no-verify", ok=False)
     assert r.returncode == 1, r.stderr
     assert "decoder.onnx" in r.stderr and message in r.stderr, r.stderr
 
 
 def test_clear_error_for_a_missing_model(vae_sample, tmp_path):
     r = run_cpp(vae_sample, "--model", tmp_path / "nowhere", ok=False)
+    assert r.returncode == 1 and f"model folder not found: {tmp_path / 'nowhere'}" in r.stderr, r.stderr
+    r = run_cpp(vae_sample, "--model", tmp_path / "nowhere", "--no-verify", ok=False)
     assert r.returncode == 1
     assert f"model file not found: {tmp_path / 'nowhere' / 'decoder.onnx'}" in r.stderr
 
 
 def test_clear_error_for_a_file_that_is_not_onnx(vae_sample, tmp_path):
     (tmp_path / "decoder.onnx").write_text("not a model")
-    r = run_cpp(vae_sample, "--model", tmp_path, ok=False)
+    r = run_cpp(vae_sample, "--model", tmp_path, "--no-verify", ok=False)
     assert r.returncode == 1 and f"cannot load ONNX model {tmp_path / 'decoder.onnx'}" in r.stderr
 
 
@@ -402,6 +438,268 @@ def test_info_lists_metadata_and_runtime(vae_sample, cpp_exports):
     out = run_cpp(vae_sample, "--model", cpp_exports["spatial"], "--info").stdout
     assert f"onnxruntime {ort.__version__}" in out  # the very library the wheel ships
     assert "vae_deploy.latent_shape = 2,4,4" in out and "vae_deploy.role = encoder" in out
+
+
+# --- the export contract: enforced before a session opens --------------------------------------
+
+
+def _one_error_line(r: subprocess.CompletedProcess) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("vae_sample: error: "), r.stderr
+    return lines[0]
+
+
+def test_no_manifest_is_refused_unless_no_verify(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "m", manifest=False)
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--n", 2, ok=False))
+    assert "no manifest.json in" in line and "--no-verify" in line
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, "--no-verify", "--out", tmp_path / "x.npy")
+    assert "warning: --no-verify" in r.stderr and np.load(tmp_path / "x.npy").shape == (2, 1, 2, 2)
+
+
+@pytest.mark.parametrize("how", ["flip-byte", "truncate", "append"])
+def test_tampered_decoder_is_refused_naming_the_file(vae_sample, cpp_exports, how, tmp_path):
+    model = copy_export(cpp_exports["mlp"], tmp_path / "m")
+    raw = bytearray((model / "decoder.onnx").read_bytes())
+    if how == "flip-byte":
+        raw[len(raw) // 2] ^= 0x01
+    elif how == "truncate":
+        raw = raw[:-1]
+    else:
+        raw += b"\0"
+    (model / "decoder.onnx").write_bytes(bytes(raw))
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--n", 2, ok=False))
+    want = "sha256 does not match the manifest" if how == "flip-byte" else "(truncated or replaced)"
+    assert "decoder.onnx: " in line and want in line, line
+    # --no-verify is the way around it, and says so (the flipped byte may still be a valid graph)
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, "--no-verify", ok=False)
+    assert "vae_sample: warning: --no-verify" in r.stderr
+
+
+def test_tampered_encoder_is_refused(vae_sample, cpp_exports, rng, tmp_path):
+    model = copy_export(cpp_exports["mlp"], tmp_path / "m")
+    (model / "encoder.onnx").write_bytes((model / "encoder.onnx").read_bytes() + b"\0")
+    np.save(tmp_path / "x.npy", rng.random((2, 1, 8, 8), dtype=np.float32))
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--x-file", tmp_path / "x.npy", ok=False))
+    assert "encoder.onnx: size" in line
+
+
+def _edit_manifest(model: Path, edit) -> None:
+    import json
+
+    manifest = json.loads((model / "manifest.json").read_text())
+    edit(manifest)
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["files"].pop("decoder.onnx"), "decoder.onnx is not listed in manifest.json"),
+        (lambda m: m["files"].__setitem__("/etc/passwd", {"sha256": "0", "size": 1}), "is an absolute path"),
+        (lambda m: m["files"].__setitem__("../x.onnx", {"sha256": "0", "size": 1}), "climbs out with '..'"),
+        (lambda m: m["model"].__setitem__("latent_shape", [5]), "metadata latent_shape is '4', manifest says [5]"),
+        (lambda m: m["model"].pop("input_shape"), "model.input_shape should be a list of integers"),
+        (lambda m: m["files"]["decoder.onnx"].__setitem__("role", "encoder"), "lists it as a encoder"),
+    ],
+    ids=["not-listed", "absolute", "dotdot", "shape-mismatch", "no-shape", "role"],
+)  # fmt: skip
+def test_manifest_problems_are_refused(vae_sample, edit, message, tmp_path):
+    model = tiny_decoder(tmp_path / "m")
+    _edit_manifest(model, edit)
+    assert message in _one_error_line(run_cpp(vae_sample, "--model", model, "--n", 2, ok=False))
+
+
+def test_symlink_out_of_the_folder_is_refused(vae_sample, tmp_path):
+    outside = tiny_decoder(tmp_path / "outside")
+    model = tiny_decoder(tmp_path / "m")
+    (model / "decoder.onnx").unlink()
+    (model / "decoder.onnx").symlink_to(outside / "decoder.onnx")  # same bytes, same checksum
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--n", 2, ok=False))
+    assert "'decoder.onnx' resolves to" in line and "outside the export folder" in line
+
+
+def test_manifest_that_is_not_json_is_refused(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "m")
+    (model / "manifest.json").write_text("{not json")
+    assert "manifest.json is not valid JSON" in _one_error_line(
+        run_cpp(vae_sample, "--model", model, ok=False)
+    )
+
+
+def test_external_data_is_checked_like_the_graph(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "m", manifest=False)
+    proto = onnx.load(str(model / "decoder.onnx"))
+    from onnx import numpy_helper  # raw_data tensors: the ones onnx moves to external files
+
+    raw = [numpy_helper.from_array(numpy_helper.to_array(t), t.name) for t in proto.graph.initializer]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(raw)
+    onnx.save(
+        proto,
+        str(model / "decoder.onnx"),
+        save_as_external_data=True,
+        location="decoder.onnx.data",
+        size_threshold=80,
+    )  # fmt: skip  (onnx counts sys.getsizeof: w, not the Reshape target)
+    roles = {"decoder.onnx": "decoder", "decoder.onnx.data": "decoder"}
+    write_manifest(model, [1, 2, 2], [4], roles)
+    np.save(tmp_path / "z.npy", np.ones((2, 4), np.float32))
+    # listed and intact: runs, the weights read from beside the checked graph
+    run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", "--out", tmp_path / "x.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), np.full((2, 1, 2, 2), 4, np.float32))
+    # tampered weights
+    data = bytearray((model / "decoder.onnx.data").read_bytes())
+    data[0] ^= 0x40
+    (model / "decoder.onnx.data").write_bytes(bytes(data))
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", ok=False))
+    assert "decoder.onnx.data: sha256 does not match the manifest" in line
+    # not listed at all
+    write_manifest(model, [1, 2, 2], [4])
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--z-file", tmp_path / "z.npy", ok=False))
+    assert "external data 'decoder.onnx.data' is not listed in the manifest" in line
+
+
+def _random_variants() -> dict[str, dict]:
+    """Decoders that hide a random operator in each place the scan must reach, and look-alikes that don't."""
+    noise = helper.make_node("RandomNormalLike", ["zf"], ["noise"], name="noise")
+    sub = helper.make_graph([helper.make_node("RandomUniform", [], ["u"], shape=[1], name="deep")], "then", [],
+                            [helper.make_tensor_value_info("u", TensorProto.FLOAT, [1])])  # fmt: skip
+    other = helper.make_graph([helper.make_node("Constant", [], ["u"], value_floats=[0.0])], "else", [],
+                              [helper.make_tensor_value_info("u", TensorProto.FLOAT, [1])])  # fmt: skip
+    cond = helper.make_tensor("cond", TensorProto.BOOL, [], [True])
+    branch = helper.make_node("If", ["cond"], ["branch"], then_branch=sub, else_branch=other, name="if")
+    fn = helper.make_function("local", "Noisy", ["a"], ["b"],
+                              [helper.make_node("Bernoulli", ["a"], ["b"], name="coin")],
+                              [helper.make_opsetid("", 18)])  # fmt: skip
+    call = helper.make_node("Noisy", ["zf"], ["coin_out"], domain="local", name="call")
+
+    def dropout(flag: bool | None) -> dict:
+        init = [] if flag is None else [helper.make_tensor("train", TensorProto.BOOL, [], [flag])]
+        extra = [] if flag is not None else [helper.make_node("Constant", [], ["train"], value_int=1)]
+        ratio = helper.make_tensor("ratio", TensorProto.FLOAT, [], [0.5])
+        node = helper.make_node("Dropout", ["zf", "ratio", "train"], ["dropped"], name="drop")
+        return {"extra_nodes": [*extra, node], "extra_initializers": [ratio, *init]}
+
+    return {
+        "top-level": {"extra_nodes": [noise]},
+        "if-subgraph": {"extra_nodes": [branch], "extra_initializers": [cond]},
+        "local-function": {"extra_nodes": [call], "functions": [fn]},
+        "dropout-training": dropout(True),
+        "dropout-flag-computed": dropout(None),
+        "dropout-inference": dropout(False),  # not random: runs
+        "none": {},
+    }
+
+
+@pytest.mark.parametrize("variant", list(_random_variants()))
+def test_random_operators_are_refused_like_python(vae_sample, variant, tmp_path):
+    model = tiny_decoder(
+        tmp_path / "m", **_random_variants()[variant]
+    )  # the manifest hashes it: only the scan stops it
+    found = random_ops(onnx.load(str(model / "decoder.onnx")))  # Python's finding on the same file
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, ok=False)
+    if found:
+        line = _one_error_line(r)
+        for f in found:
+            assert f"decoder.onnx: random operator {f}" in line, (found, line)
+        assert variant not in ("dropout-inference", "none")
+    else:
+        assert r.returncode == 0, r.stderr
+        assert variant in ("dropout-inference", "none")
+
+
+def test_random_decoder_runs_with_no_verify(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "m", **_random_variants()["top-level"])
+    r = run_cpp(vae_sample, "--model", model, "--n", 2, "--no-verify")
+    assert "warning: --no-verify" in r.stderr
+
+
+def test_scan_agrees_with_python_on_real_exports(vae_sample, cpp_exports):
+    # a real export has no random op: both runtimes open it (the parity tests above) and Python finds none
+    for family in FAMILIES:
+        for name in ("encoder.onnx", "decoder.onnx"):
+            assert random_ops(onnx.load(str(cpp_exports[family] / name))) == []
+    run_cpp(vae_sample, "--model", cpp_exports["conv"], "--info")
+
+
+def test_damaged_graphs_give_one_clean_line(vae_sample, tmp_path):
+    # seeded damage to a graph with a subgraph, the manifest re-hashed each time so that only
+    # the scan and ONNX Runtime stand in the way: never a crash, never a random op let through,
+    # and every refusal one line of valid UTF-8 (names read from damaged bytes included)
+    import random
+
+    model = tiny_decoder(tmp_path / "m", **_random_variants()["if-subgraph"])
+    raw = (model / "decoder.onnx").read_bytes()
+    rnd = random.Random(0)
+    for _ in range(60):
+        b = bytearray(raw)
+        how = rnd.choice(["truncate", "flip", "scramble"])
+        if how == "truncate":
+            b = b[: rnd.randrange(len(b))]
+        elif how == "flip":
+            b[rnd.randrange(len(b))] ^= 1 << rnd.randrange(8)
+        else:
+            for _ in range(8):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        (model / "decoder.onnx").write_bytes(bytes(b))
+        write_manifest(model, [1, 2, 2], [4])
+        r = subprocess.run(
+            [str(vae_sample), "--model", str(model), "--n", "2"], capture_output=True, timeout=60
+        )
+        assert r.returncode == 1, (how, r.returncode, r.stderr[-500:])  # the RandomUniform, or a broken graph
+        line = r.stderr.decode("utf-8")  # raises on invalid UTF-8
+        assert line.count("\n") == 1 and line.startswith("vae_sample: error: "), line
+
+
+# --- bad input and bounds ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("mode", ["--z-file", "--x-file"])
+def test_non_finite_input_is_refused(vae_sample, cpp_exports, value, mode, tmp_path):
+    model = cpp_exports["mlp"]
+    input_shape, latent_shape = shapes(model)
+    a = np.zeros((3, *(latent_shape if mode == "--z-file" else input_shape)), np.float32)
+    a.flat[5] = value
+    np.save(tmp_path / "a.npy", a)
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, mode, tmp_path / "a.npy",
+                                   "--out", tmp_path / "o.npy", ok=False))  # fmt: skip
+    assert "expected finite values, got 1 NaN/Inf (first at flat index 5" in line
+    assert not (tmp_path / "o.npy").exists()
+
+
+@pytest.mark.parametrize("shape", ["(5, 8,,)", "(5,,8)", "(,)", "(,5)"])
+def test_malformed_npy_shapes_are_refused(vae_sample, shape, tmp_path):
+    model = tiny_decoder(tmp_path / "ok")
+    z = _npy_with_shape(tmp_path / "z.npy", shape, np.zeros(40, np.float32).tobytes())
+    line = _one_error_line(run_cpp(vae_sample, "--model", model, "--z-file", z, ok=False))
+    assert "has an empty dimension" in line
+
+
+@pytest.mark.parametrize("shape", ["(2, 4,)", "(2, 4)", "(2,4)"])
+def test_python_tuple_shapes_are_read(vae_sample, shape, tmp_path):
+    model = tiny_decoder(tmp_path / "ok")
+    z = _npy_with_shape(tmp_path / "z.npy", shape, np.ones(8, np.float32).tobytes())
+    run_cpp(vae_sample, "--model", model, "--z-file", z, "--out", tmp_path / "x.npy")
+    assert np.load(tmp_path / "x.npy").shape == (2, 1, 2, 2)
+
+
+def test_threads_are_bounded(vae_sample, tmp_path):
+    model = tiny_decoder(tmp_path / "ok")
+    r = run_cpp(vae_sample, "--model", model, "--threads", 100000, ok=False)
+    limit = min(4 * (os.cpu_count() or 1), 256)
+    assert (
+        r.returncode == 2 and f"--threads needs an integer >= 0 and <= {limit}, got '100000'" in r.stderr
+    ), r.stderr
+    run_cpp(vae_sample, "--model", model, "--threads", limit, "--n", 2)
+
+
+def test_huge_n_is_refused_before_allocating(vae_sample, cpp_exports):
+    line = _one_error_line(
+        run_cpp(vae_sample, "--model", cpp_exports["conv"], "--n", 1_000_000_000, ok=False)
+    )
+    assert "--n 1000000000 needs" in line and "GiB" in line and "bad_alloc" not in line
 
 
 # --- memory --------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ def test_tune_cli_and_bad_options(exports, tmp_path):
     res = CliRunner().invoke(main, ["tune", str(exports["mlp"]), "--batch-sizes", "2", "--rounds", "1",
                                     "--tuning-file", str(path)])
     assert res.exit_code == 0, res.output
-    assert "batch 2:" in res.output and "CPU:" in res.output and path.is_file()
+    assert "batch 2 at latent [4]:" in res.output and "CPU:" in res.output and path.is_file()
     res = CliRunner().invoke(main, ["tune", str(exports["mlp"]), "--fp32-only", "--max-error", "0.1"])
     assert res.exit_code == 2 and "not both" in res.output
     path.write_text("{not json")

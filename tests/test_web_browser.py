@@ -239,3 +239,67 @@ def test_measure_reports_page_and_runtime_latency(chrome, exports, tmp_path):
     assert json.loads((tmp_path / "out/web_latency.json").read_text())["rows"] == report["rows"]
     assert "| ort-web-wasm | 2 | yes | 1 |" in (tmp_path / "out/web_latency.md").read_text()
     assert (tmp_path / "page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_random_operator_is_refused_even_with_a_rehashed_manifest(chrome, sites, tmp_path):
+    # someone edits the published site: adds noise to the decoder and re-hashes manifest.json and
+    # site.json so the checksum passes; the page's own scan of the bytes must still refuse it
+    import json
+
+    import onnx
+
+    from vae_deploy.artifacts import file_sha256
+
+    site = shutil.copytree(sites["mlp"], tmp_path / "site")
+    model = onnx.load(str(site / "decoder.onnx"))
+    model.graph.node.append(onnx.helper.make_node("RandomNormalLike", [model.graph.input[0].name], ["noise"],
+                                                  name="noise"))  # fmt: skip
+    onnx.save(model, str(site / "decoder.onnx"))
+    sha, size = file_sha256(site / "decoder.onnx"), (site / "decoder.onnx").stat().st_size
+    manifest = json.loads((site / "manifest.json").read_text())
+    manifest["files"]["decoder.onnx"].update(sha256=sha, size=size)
+    (site / "manifest.json").write_text(json.dumps(manifest))
+    cfg = json.loads((site / "site.json").read_text())
+    cfg["decoder"]["sha256"] = sha
+    (site / "site.json").write_text(json.dumps(cfg))
+    with page_at(chrome, site) as page:
+        assert page.evaluate("document.body.dataset.state") == "error"
+        message = page.locator("#error").inner_text()
+        assert message.startswith("Error: decoder.onnx: random operator RandomNormalLike (noise)"), message
+        assert "Refusing to run it" in message and len(message.strip().splitlines()) == 1
+        assert page.evaluate("typeof window.vaeDeploy.decode") == "undefined"  # no session was made
+
+
+@pytest.mark.parametrize("family", ["conv", "spatial"])
+def test_page_pixels_are_the_output_range_rule(chrome, sites, exports, family, rng):
+    # the page's float -> uint8 step (pixels.js, what the canvases draw) on the page's own decode
+    # of a latent, against the rule in numpy: clip((x - lo) / (hi - lo), 0, 1) * 255, ties to even
+    import json
+
+    manifest = json.loads((sites[family] / "manifest.json").read_text())
+    lo, hi = manifest["model"].get("output_range") or (0.0, 1.0)
+    with page_at(chrome, sites[family]) as page:
+        ready(page)
+        dims = page.evaluate("window.vaeDeploy.decoder.latentDims(2, 4)")
+        z = rng.standard_normal(dims).astype(np.float32) * 3  # wide: values outside the range too
+        out = page.evaluate(
+            """async ([z, dims]) => {
+              const { toImages } = await import("./pixels.js");
+              const out = await window.vaeDeploy.decode(Float32Array.from(z), dims);
+              const imgs = toImages(out.data, out.dims, window.vaeDeploy.range);
+              return { data: Array.from(out.data), dims: out.dims, range: window.vaeDeploy.range,
+                       pixels: imgs.map((im) => Array.from(im.data)) };
+            }""",
+            [z.ravel().tolist(), dims],
+        )
+    assert out["range"] == [lo, hi]
+    x = np.asarray(out["data"], np.float32).reshape(out["dims"])
+    if x.ndim == 2:
+        side = int(np.sqrt(x.shape[1]))
+        x = x.reshape(-1, 1, side, side)
+    want = np.round(np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0, 1) * np.float32(255)).astype(np.uint8)
+    want = want.transpose(0, 2, 3, 1)
+    got = np.asarray(out["pixels"], np.uint8).reshape(x.shape[0], x.shape[2], x.shape[3], 4)
+    rgb = got[..., :3] if x.shape[1] == 3 else got[..., :1]
+    np.testing.assert_array_equal(rgb, want)
+    assert (got[..., 3] == 255).all() and len(np.unique(rgb)) > 10  # real images, clipped ends included

@@ -25,7 +25,7 @@ from vae_deploy.artifacts import (
 from vae_deploy.backends import Backend
 from vae_deploy.engines import check_choice, file_precision, open_engine
 from vae_deploy.engines.onnxruntime import default_session_options
-from vae_deploy.errors import ArtifactError
+from vae_deploy.errors import ArtifactError, ConfigError
 
 __all__ = ["Runtime", "default_session_options", "spec_from_session", "variant_file"]
 
@@ -93,12 +93,14 @@ class Runtime(Backend):
     def load(
         cls, path: str | Path = "export", *, engine: str = "onnxruntime", precision: str = "fp32",
         verify_checksums: bool = True, batch_size: int | None = None, tuning_file: str | Path | None = None,
-        **kwargs: Any,
+        max_error: float | None = None, fp32_only: bool = False, latent_shape: Any = None, **kwargs: Any,
     ) -> Runtime:
         """Open an export folder (checksums checked before any engine reads a file) on ``engine`` at
         ``precision``. ``"auto"`` for either loads the fastest pair that passed its accuracy gate on this
         machine, from the tuning file (``vae-deploy tune``; tuned now when no record fits), at
-        ``batch_size`` (default: the largest tuned batch size).
+        ``batch_size`` (default: the largest tuned batch size), under the accuracy budget
+        ``max_error`` / ``fp32_only`` (default: the default budget, ``tolerance.budget_accepts``), for
+        the decode size ``latent_shape`` (default: the export's example latent shape).
 
         The export contract (paths inside the folder, checksums unless ``verify_checksums=False``,
         no random ops, declared shapes) must hold for the two graphs first:
@@ -110,14 +112,12 @@ class Runtime(Backend):
         manifest = load_manifest(folder, verify=False)
         reason = "asked for explicitly"
         if engine == "auto" or precision == "auto":
-            from vae_deploy.engines.tune import choose
-
-            pick = choose(folder, manifest, engine=engine, precision=precision, batch_size=batch_size,
-                          tuning_file=tuning_file, threads=kwargs.get("threads"),
-                          verify_checksums=verify_checksums)
-            engine, precision, reason = pick["engine"], pick["precision"], pick["reason"]
-            kwargs.setdefault("provider", pick.get("provider", "auto"))
-            kwargs["force_bf16"] = True  # the tuner only measures bf16 where it is native
+            engine, precision, reason = _choose_auto(folder, manifest, engine, precision, kwargs, batch_size=batch_size,
+                                                     tuning_file=tuning_file, verify_checksums=verify_checksums,
+                                                     max_error=max_error, fp32_only=fp32_only,
+                                                     latent_shape=latent_shape)
+        elif max_error is not None or fp32_only:
+            raise ConfigError("max_error/fp32_only are auto's accuracy budget: they need engine or precision 'auto'")
         enc, dec = variant_file(manifest, "encoder", precision), variant_file(manifest, "decoder", precision)
         check_export(folder, manifest, [enc, dec], checksums=verify_checksums)
         rt = cls(folder / enc, folder / dec, spec_from_manifest(manifest), engine=engine, precision=precision,
@@ -168,6 +168,22 @@ class Runtime(Backend):
 
     def close(self) -> None:
         self.engine.close()
+
+
+def _choose_auto(folder: Path, manifest: dict[str, Any], engine: str, precision: str, kwargs: dict[str, Any],
+                 **how: Any) -> tuple[str, str, str]:
+    """Resolve ``auto`` (tuning file, re-checked; see ``engines.tune.choose``); sets the provider
+    (CPU: what was tuned) and lets bf16 load (the tuner only measures it where it is native)."""
+    from vae_deploy.engines.tune import choose
+
+    provider = kwargs.get("provider", "auto")
+    if provider not in ("auto", "cpu"):
+        raise ConfigError(f"engine/precision 'auto' tunes and loads CPU engines; provider {provider!r} was asked "
+                          "for: pick engine and precision explicitly for it")
+    pick = choose(folder, manifest, engine=engine, precision=precision, threads=kwargs.get("threads"), **how)
+    kwargs["provider"] = "cpu"
+    kwargs["force_bf16"] = True
+    return pick["engine"], pick["precision"], pick["reason"]
 
 
 def spec_from_session(sess: Any) -> ExportSpec:

@@ -466,13 +466,15 @@ def _signals_held() -> Iterator[None]:
 
 
 def serve(export_dir: str | Path, options: ServeOptions | None = None, *, provider: str = "cpu",
-          engine: str = "onnxruntime", on_ready: Callable[[VaeTritonServer], None] | None = None) -> None:
-    """Load the export folder and serve it until Ctrl-C or SIGTERM (the CLI's ``serve``)."""
+          engine: str = "onnxruntime", on_ready: Callable[[VaeTritonServer], None] | None = None,
+          **load_options: Any) -> None:
+    """Load the export folder and serve it until Ctrl-C or SIGTERM (the CLI's ``serve``);
+    ``load_options`` go to ``Runtime.load`` (e.g. auto's ``max_error``/``fp32_only``)."""
     from vae_deploy.runtime import Runtime
 
     options = options or ServeOptions()
     runtime = Runtime.load(export_dir, engine=engine, provider=provider, max_batch=options.max_batch,
-                           check_finite=False)
+                           check_finite=False, **load_options)
     server = VaeTritonServer(runtime, options)
     # SIGTERM while Triton starts must also end in stop(): no temporary folders left behind.
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt) if (

@@ -2,7 +2,11 @@
 
 verify, ``tune``'s accuracy gate, the export-time checks and the bench's targets all ask
 :func:`tolerance_for`, so a variant that verify passes is a candidate for ``auto`` and a variant
-``auto`` may pick is one verify passes. A low module: imports nothing of the package.
+``auto`` may pick is one verify passes. A low module: imports nothing of the package (but
+:mod:`vae_deploy.errors`, lazily).
+
+The **budget** (:class:`Budget`, :func:`budget_accepts`) decides which gated variants ``auto``
+may pick: see the section below and export/README.md, "Tolerance and budget".
 
 fp32: both sides compute the same maths in float32; differences come only from kernel order, a
 few ulps. fp32-fast is the exactly rewritten graph (sub-pixel convolutions, folded affine maps):
@@ -27,7 +31,11 @@ Their fp32 bound is atol 1e-4 (export/README.md, "Tolerance"), for every consume
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -62,3 +70,131 @@ def tolerance_for(precision: str, family: str | None = None) -> Tolerance:
     if precision in EXACT_PRECISIONS and is_deep_family(family):
         tol = replace(tol, atol=max(tol.atol, DEEP_FP32_ATOL))
     return tol
+
+
+# --- the accuracy budget: which gated variants ``auto`` may pick -------------------------------
+#
+# Three budgets. ``fp32-only``: exact-class variants only. ``max-error E`` (the user's explicit
+# budget): any variant whose max abs decoder error is <= E, int8 included. ``default``: exact-class
+# variants, and a lossy variant (bf16, fp16, ...; never int8) only when its decoder error is <= 2%
+# of the output range AND, for image decoders, the 8-bit image is within 1 level of fp32's on >= 99%
+# of pixels. "Exact class": fp32, fp32-fast, or any variant whose measured error is within the
+# family's fp32 tolerance (OpenVINO f32 on a deep diffusers decoder: 2e-5, inside 1e-4).
+
+#: Default budget, lossy variants: max abs decoder error as a fraction of the output's range.
+LOSSY_RANGE_FRACTION = 0.02
+#: Default budget, image decoders: 8-bit levels a pixel may move, and the share that must stay within.
+IMAGE_LEVELS = 1
+IMAGE_PIXEL_FRACTION = 0.99
+#: Precisions the default budget never accepts (only an explicit max_error does).
+EXPLICIT_ONLY_PRECISIONS = ("int8",)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What ``auto`` may trade for speed: ``kind`` is ``default``, ``fp32-only`` or ``max-error``."""
+
+    kind: str = "default"
+    max_error: float | None = None
+
+    def describe(self) -> str:
+        return f"max-error {self.max_error:g}" if self.kind == "max-error" else self.kind
+
+
+def default_budget() -> Budget:
+    return Budget()
+
+
+def make_budget(max_error: float | None = None, fp32_only: bool = False) -> Budget:
+    """The budget for the user's ``max_error`` / ``fp32_only`` (one of them at most), validated:
+    ``max_error`` a finite number >= 0 (NaN would accept nothing and compare false everywhere)."""
+    import math
+
+    from vae_deploy.errors import ConfigError
+
+    if max_error is not None:
+        if fp32_only:
+            raise ConfigError("give max_error or fp32_only, not both")
+        ok = isinstance(max_error, (int, float)) and not isinstance(max_error, bool)
+        if not ok or not math.isfinite(max_error) or max_error < 0:
+            raise ConfigError(f"max_error must be a finite number >= 0, got {max_error!r}")
+        return Budget("max-error", float(max_error))
+    return Budget("fp32-only") if fp32_only else default_budget()
+
+
+def is_image_output(shape: tuple[int, ...]) -> bool:
+    """A per-example output ``[C, H, W]`` with C in {1, 3}: a picture, judged in 8-bit levels."""
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+def to_8bit(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The conversion rule: x01 = clip((x - lo) / (hi - lo), 0, 1), round(x01 * 255)."""
+    x01 = np.clip((np.asarray(x, dtype=np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    return np.round(x01 * 255.0)
+
+
+def measure_decoder(ref: np.ndarray, cand: np.ndarray, *, family: str | None = None,
+                    output_range: tuple[float, ...] = ()) -> dict[str, Any]:
+    """The figures :func:`budget_accepts` decides on, for decoder outputs ``[N, *shape]``:
+    max abs error, whether it is within the family's fp32 tolerance, the output range used (the
+    export's declared ``output_range``, else the reference's observed one) and, for images, the
+    share of 8-bit pixels within ``IMAGE_LEVELS`` of the reference's."""
+    ref64, cand64 = np.asarray(ref, dtype=np.float64), np.asarray(cand, dtype=np.float64)
+    if ref64.shape != cand64.shape:
+        return {"max_abs_error": math.inf, "within_fp32": False, "range": [0.0, 0.0], "range_source": "none",
+                "image_within_1_level": None, "error": f"shape {list(cand64.shape)} != {list(ref64.shape)}"}
+    diff = np.abs(cand64 - ref64)
+    max_err = float(diff.max()) if diff.size else 0.0
+    if not np.isfinite(cand64).all() and diff.size:
+        max_err = math.inf
+    fp32 = tolerance_for("fp32", family)
+    within = bool(np.isfinite(max_err) and (diff <= fp32.atol + fp32.rtol * np.abs(ref64)).all())
+    if len(output_range) == 2 and output_range[1] > output_range[0]:
+        lo, hi, source = float(output_range[0]), float(output_range[1]), "declared"
+    else:
+        finite = ref64[np.isfinite(ref64)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        source = "observed"
+    image = None
+    if is_image_output(tuple(ref64.shape[1:])) and hi > lo:
+        levels = np.abs(to_8bit(cand64, lo, hi) - to_8bit(ref64, lo, hi))
+        image = float((levels <= IMAGE_LEVELS).mean())
+    return {"max_abs_error": max_err, "within_fp32": within, "range": [lo, hi], "range_source": source,
+            "image_within_1_level": image}
+
+
+def budget_accepts(precision: str, measured: dict[str, Any], budget: Budget | None = None) -> tuple[bool, str]:
+    """Whether ``budget`` lets ``auto`` pick a variant at ``precision`` with these ``measured``
+    decoder figures (:func:`measure_decoder`), and why; the rule is in export/README.md."""
+    budget = budget or default_budget()
+    try:
+        err = float(measured["max_abs_error"])
+        within = bool(measured.get("within_fp32"))
+        lo, hi = (float(v) for v in measured.get("range", (0.0, 0.0)))
+        image = measured.get("image_within_1_level")
+    except (KeyError, TypeError, ValueError):
+        return False, "no decoder figures to judge it by"
+    if not math.isfinite(err):
+        return False, "non-finite decoder error"
+    if budget.kind == "max-error":
+        assert budget.max_error is not None
+        if err <= budget.max_error:
+            return True, f"max abs error {err:.2e} within --max-error {budget.max_error:g}"
+        return False, f"max abs error {err:.2e} above --max-error {budget.max_error:g}"
+    if precision in EXACT_PRECISIONS or within:
+        return True, f"exact class (max abs error {err:.2e} within the fp32 tolerance)"
+    if budget.kind == "fp32-only":
+        return False, f"lossy (max abs error {err:.2e} outside the fp32 tolerance); fp32-only budget"
+    if precision in EXPLICIT_ONLY_PRECISIONS:
+        return False, f"{precision} only under an explicit --max-error budget"
+    span = hi - lo
+    limit = LOSSY_RANGE_FRACTION * span
+    if not (span > 0 and err <= limit):
+        return False, (f"max abs error {err:.2e} above {LOSSY_RANGE_FRACTION:.0%} of the output range "
+                       f"{span:.3g} ({limit:.2e})")
+    if image is not None and float(image) < IMAGE_PIXEL_FRACTION:
+        return False, (f"8-bit image within {IMAGE_LEVELS} level of fp32 on {float(image):.2%} of pixels "
+                       f"(needs {IMAGE_PIXEL_FRACTION:.0%})")
+    return True, (f"lossy within the default budget (max abs error {err:.2e} <= {LOSSY_RANGE_FRACTION:.0%} of "
+                  f"range {span:.3g}" + (f", 8-bit pixels within {IMAGE_LEVELS} level: {float(image):.2%}"
+                                         if image is not None else "") + ")")

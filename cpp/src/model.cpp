@@ -113,8 +113,9 @@ namespace detail {
 /// One ONNX session whose metadata, inputs and outputs were checked against the contract.
 class Graph {
  public:
-  Graph(const std::string& path, const std::string& role, const SessionConfig& config)
-      : path_(path), session_(open(path, config)) {
+  Graph(const std::string& path, const std::string& role, const SessionConfig& config,
+        const std::string* bytes = nullptr)
+      : path_(path), session_(open(path, config, bytes)) {
     read_metadata(role);
     const bool encoder = role == "encoder";
     input_ = {encoder ? "x" : "z", encoder ? meta_.input_shape : meta_.latent_shape,
@@ -177,14 +178,22 @@ class Graph {
     std::string key;  // the metadata key that shape came from
   };
 
-  static Ort::Session open(const std::string& path, const SessionConfig& config) {
-    if (!std::filesystem::is_regular_file(path)) throw Error("model file not found: " + path);
+  // From `bytes` when given (what was hashed is what runs; external data is read beside the
+  // file), else from the path.
+  static Ort::Session open(const std::string& path, const SessionConfig& config, const std::string* bytes) {
+    if (!bytes && !std::filesystem::is_regular_file(path)) throw Error("model file not found: " + path);
     Ort::Env& e = env();
     Ort::SessionOptions options;
     options.SetIntraOpNumThreads(config.intra_op_threads);
     options.SetInterOpNumThreads(config.inter_op_threads);
     options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     try {
+      if (bytes) {
+        const std::string folder = std::filesystem::path(path).parent_path().string();
+        options.AddConfigEntry("session.model_external_initializers_file_folder_path",
+                               folder.empty() ? "." : folder.c_str());
+        return Ort::Session(e, bytes->data(), bytes->size(), options);
+      }
       return Ort::Session(e, path.c_str(), options);
     } catch (const Ort::Exception& ex) {
       throw Error("cannot load ONNX model " + path + ": " + ex.what());
@@ -288,6 +297,8 @@ class Graph {
 
 VaeEncoder::VaeEncoder(const std::string& onnx_path, const SessionConfig& config)
     : graph_(std::make_unique<detail::Graph>(onnx_path, "encoder", config)) {}
+VaeEncoder::VaeEncoder(const VerifiedModel& model, const SessionConfig& config)
+    : graph_(std::make_unique<detail::Graph>(model.path, "encoder", config, &model.bytes)) {}
 VaeEncoder::~VaeEncoder() = default;
 VaeEncoder::VaeEncoder(VaeEncoder&&) noexcept = default;
 VaeEncoder& VaeEncoder::operator=(VaeEncoder&&) noexcept = default;
@@ -300,6 +311,8 @@ Posterior VaeEncoder::encode(const Tensor& x) const {
 
 VaeDecoder::VaeDecoder(const std::string& onnx_path, const SessionConfig& config)
     : graph_(std::make_unique<detail::Graph>(onnx_path, "decoder", config)) {}
+VaeDecoder::VaeDecoder(const VerifiedModel& model, const SessionConfig& config)
+    : graph_(std::make_unique<detail::Graph>(model.path, "decoder", config, &model.bytes)) {}
 VaeDecoder::~VaeDecoder() = default;
 VaeDecoder::VaeDecoder(VaeDecoder&&) noexcept = default;
 VaeDecoder& VaeDecoder::operator=(VaeDecoder&&) noexcept = default;

@@ -63,8 +63,13 @@ Tensor read_npy(const std::string& path) {
     std::string tok = dims.substr(start, end - start);
     tok.erase(0, tok.find_first_not_of(" \t"));
     tok.erase(tok.find_last_not_of(" \t") + 1);
+    const bool last = end == dims.size();
     start = end + 1;
-    if (tok.empty()) continue;  // "(3,)" and "()"
+    // Python's tuple syntax: "()" and one trailing comma ("(3,)", "(5, 8,)"); "(5, 8,,)" or
+    // "(5,,8)" is no tuple and is refused.
+    if (tok.empty() && last && (dims.find_first_not_of(" \t") == std::string::npos || !shape.empty())) continue;
+    if (tok.empty())
+      throw Error(path + ": .npy shape (" + dims + ") has an empty dimension; expected a Python tuple such as (16, 8)");
     if (!std::regex_match(tok, digits))
       throw Error(path + ": .npy shape (" + dims + ") has the dimension '" + tok +
                   "'; expected non-negative integers");

@@ -242,13 +242,35 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     ]
     for option in reversed(options):
         fn = option(fn)
-    return fn
+    return _budget_for_runtime(fn)
 
 
-def runtime_kwargs(engine: str, precision: str, force_bf16: bool, tuning_file: Path | None) -> dict[str, Any]:
+def _budget_for_runtime(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``budget_options`` to a command that opens a Runtime; its values reach
+    ``runtime_kwargs`` through ``ctx.meta``, so the command's signature does not change."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, max_error: float | None = None, fp32_only: bool = False, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return budget_options(wrapper)
+
+
+def runtime_kwargs(engine: str, precision: str, force_bf16: bool, tuning_file: Path | None,
+                   latent_shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Runtime.load's engine arguments; with ``auto``, the budget options (``budget_options``) and
+    the latent shape about to be decoded, so auto picks the record for that budget and size."""
     out: dict[str, Any] = {"engine": engine, "precision": precision, "force_bf16": force_bf16}
     if tuning_file is not None:
         out["tuning_file"] = tuning_file
+    ctx = click.get_current_context(silent=True)
+    budget = (ctx.meta.get(BUDGET_META) if ctx is not None else None) or {}
+    if "auto" in (engine, precision):
+        out.update(budget)
+        if latent_shape is not None:
+            out["latent_shape"] = latent_shape
+    elif budget:
+        raise click.UsageError("--max-error/--fp32-only are the accuracy budget of --engine/--precision auto")
     return out
 
 
@@ -287,3 +309,34 @@ def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--latents", "latents", type=click.Choice(list(SCALES)), default="raw", show_default=True,
         help="raw: the VAE's own latents; scaled: a pipeline's (output_type='latent'), normalised as the matching "
              "diffusers pipeline does (scaling/shift factor, latents_mean/std, FLUX.2 bn).")(fn)
+
+
+BUDGET_META = "vae_deploy.auto_budget"
+
+
+def _stash_budget(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """Validate a budget option and keep it in ``ctx.meta`` for :func:`runtime_kwargs`."""
+    if param.name == "max_error":
+        value = finite_nonneg(ctx, param, value)
+    if value not in (None, False):
+        budget = ctx.meta.setdefault(BUDGET_META, {})
+        budget[param.name] = value
+        if len(budget) > 1:
+            raise click.UsageError("give --max-error or --fp32-only, not both")
+    return value
+
+
+def budget_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--max-error/--fp32-only: the accuracy budget of ``tune`` and of ``--engine auto`` (the same
+    rule, ``tolerance.budget_accepts``; the tuning file keeps one record per budget)."""
+    options = [
+        click.option("--max-error", type=click.FloatRange(min=0), default=None, callback=_stash_budget,
+                     help="Accuracy budget: any variant (int8 included) whose max abs decoder error vs fp32 is "
+                          "at most this. Default budget: exact variants, and bf16/fp16 within 2% of the output "
+                          "range and 1 level of 8 bits (see docs/tune.md)."),
+        click.option("--fp32-only", is_flag=True, callback=_stash_budget,
+                     help="Accuracy budget: exact variants only (fp32, fp32-fast, or within the fp32 tolerance)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn

@@ -49,7 +49,8 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
 
     check_writable(out, "--out")
     check_writable(grid, "--grid")
-    rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
+    rt = Runtime.load(export_dir, provider=provider,
+                      **runtime_kwargs(engine, precision, force_bf16, tuning_file, latent_shape))
     shape = rt.sample_latent_shape(latent_shape)
     ratio = max(1, math.prod(rt.spec.concrete_input_shape) // max(1, math.prod(rt.spec.concrete_latent_shape)))
     check_memory(n * 4 * math.prod(shape) * (1 + ratio), f"{n} samples", "-n")

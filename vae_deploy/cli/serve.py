@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from vae_deploy.cli.options import friendly_errors
+from vae_deploy.cli.options import budget_options, friendly_errors, runtime_kwargs
 
 
 @click.command("triton-repo")
@@ -46,9 +46,11 @@ def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kin
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--engine", type=click.Choice(["onnxruntime", "openvino", "auto"]), default="onnxruntime",
               show_default=True, help="What runs the graphs (auto: the tuned winner, see `vae-deploy tune`).")
+@budget_options
 @friendly_errors
 def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch: int,
-          max_delay_us: int, no_dynamic_batching: bool, provider: str, engine: str) -> None:
+          max_delay_us: int, no_dynamic_batching: bool, provider: str, engine: str, max_error: float | None,
+          fp32_only: bool) -> None:
     """Serve encode, decode and sample on Triton (PyTriton) until Ctrl-C."""
     from vae_deploy.serve import ServeOptions
     from vae_deploy.serve import serve as run_server
@@ -62,5 +64,7 @@ def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_p
                    f"grpc {server.grpc_url} (dynamic batching {batching}, max batch {max_batch})\n"
                    f"Triton log: {server.log_file} (removed on stop)\nCtrl-C to stop", err=True)
 
-    run_server(export_dir, options, provider=provider, engine=engine, on_ready=ready)
+    budget = runtime_kwargs(engine, "fp32", False, None)
+    run_server(export_dir, options, provider=provider, engine=engine, on_ready=ready,
+               **{k: v for k, v in budget.items() if k in ("max_error", "fp32_only")})
     click.echo("stopped", err=True)

@@ -12,7 +12,8 @@ from vae_deploy.cli.options import friendly_errors
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("site"), show_default=True,
-              help="Folder to write (new, empty, or a previous site, which is replaced whole).")
+              help="Folder to write: new, empty, a previous site (only its own files are replaced) or a "
+                   "folder of a few plain files (kept).")
 @click.option("--ort-dist", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="onnxruntime-web's dist folder (default: web/node_modules from `make web-deps`).")
 @click.option("--max-latent-side", type=click.IntRange(min=1, max=256), default=32, show_default=True,

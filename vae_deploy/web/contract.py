@@ -58,7 +58,13 @@ def check_export(folder: str | Path) -> tuple[dict[str, Any], DecoderContract]:
     # the shared contract: inside the folder, checksum, no random op, shapes and metadata agree
     check_export_contract(folder, manifest, [name])
     spec = spec_from_manifest(manifest)
-    graph = load_graph(folder / name).graph
+    from vae_deploy.contract import external_data_locations
+
+    model = load_graph(folder / name)
+    if external_data_locations(model):
+        raise ArtifactError(f"{name} keeps weights in external data files ({', '.join(external_data_locations(model))}); "
+                            "the web page loads and checks one file: re-export the decoder as a single ONNX file")
+    graph = model.graph
     initializers = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers]
     if len(inputs) != 1 or len(graph.output) != 1:

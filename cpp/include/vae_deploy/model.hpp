@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 
+#include "vae_deploy/export_check.hpp"
 #include "vae_deploy/tensor.hpp"
 
 namespace vae {
@@ -57,6 +58,8 @@ class VaeEncoder {
  public:
   /// Loads encoder.onnx and checks it against the contract; throws Error naming what is wrong.
   explicit VaeEncoder(const std::string& onnx_path, const SessionConfig& config = {});
+  /// Opens the session from the bytes that verify_export_file checked (the contract enforced).
+  explicit VaeEncoder(const VerifiedModel& model, const SessionConfig& config = {});
   ~VaeEncoder();
   VaeEncoder(VaeEncoder&&) noexcept;
   VaeEncoder& operator=(VaeEncoder&&) noexcept;
@@ -76,6 +79,8 @@ class VaeDecoder {
  public:
   /// Loads decoder.onnx and checks it against the contract; throws Error naming what is wrong.
   explicit VaeDecoder(const std::string& onnx_path, const SessionConfig& config = {});
+  /// Opens the session from the bytes that verify_export_file checked (the contract enforced).
+  explicit VaeDecoder(const VerifiedModel& model, const SessionConfig& config = {});
   ~VaeDecoder();
   VaeDecoder(VaeDecoder&&) noexcept;
   VaeDecoder& operator=(VaeDecoder&&) noexcept;

@@ -1,6 +1,6 @@
 // The page: sample grid, one slider per latent dimension, interpolation; and window.vaeDeploy,
 // the API tests and other pages use: decode(Float32Array, dims) and sample(n, seed).
-import { load, normal, toImages } from "./vae.js";
+import { load, normal, outputRange, toImages } from "./vae.js";
 
 const $ = (id) => document.getElementById(id);
 const PAD = 2;
@@ -69,11 +69,12 @@ async function main() {
   const params = new URLSearchParams(location.search);
   const dec = await load(params);
   const c = dec.contract;
+  const range = outputRange(dec.info.manifest); // the export's output_range: how floats become pixels
   const layout = {};
   const api = window.vaeDeploy;
   Object.assign(api, { decoder: dec, contract: c, layout,
     decode: (z, dims) => dec.decode(z, dims), sample: (n, seed, side) => dec.sample(n, seed, side),
-    noise: (n, seed, side) => dec.noise(n, seed, side), normal });
+    noise: (n, seed, side) => dec.noise(n, seed, side), normal, range });
   api.timings.loadMs = performance.now() - t0;
 
   const limit = c.limits.max_latent_side;
@@ -97,7 +98,7 @@ async function main() {
   const grid = latest(async () => {
     const seed = Number($("seed").value) >>> 0;
     const s = await dec.sample(gridN, seed, side);
-    layout.grid = { ...draw($("grid"), toImages(s.data, s.dims), cols), seed, side };
+    layout.grid = { ...draw($("grid"), toImages(s.data, s.dims, range), cols), seed, side };
     if (api.timings.firstImageMs === undefined) api.timings.firstImageMs = performance.now();
     base = { z: s.z.slice(0, s.z.length / gridN), dims: [1, ...s.zDims.slice(1)] };
     buildSliders(); await live(); await strip();
@@ -135,7 +136,7 @@ async function main() {
     const out = await dec.decode(edited(), base.dims);
     api.timings.lastDecodeMs = performance.now() - t;
     $("latency").textContent = `decoded in ${api.timings.lastDecodeMs.toFixed(1)} ms`;
-    layout.live = draw($("live"), toImages(out.data, out.dims), 1);
+    layout.live = draw($("live"), toImages(out.data, out.dims, range), 1);
   });
 
   const STEPS = 8;
@@ -148,13 +149,13 @@ async function main() {
     const z = new Float32Array(a.length * STEPS);
     for (let i = 0; i < STEPS; i++) z.set(slerp(a, b, i / (STEPS - 1)), i * a.length);
     const out = await dec.decode(z, [STEPS, ...dims.slice(1)]);
-    layout.strip = draw($("strip"), toImages(out.data, out.dims), STEPS);
+    layout.strip = draw($("strip"), toImages(out.data, out.dims, range), STEPS);
     await between();
   });
   const between = latest(async () => {
     const [a, b, dims] = ends();
     const out = await dec.decode(slerp(a, b, Number($("t").value)), dims);
-    layout.between = draw($("between"), toImages(out.data, out.dims), 1);
+    layout.between = draw($("between"), toImages(out.data, out.dims, range), 1);
   });
 
   $("seed").addEventListener("change", grid);

@@ -1,6 +1,7 @@
 // vae-deploy in the browser: load the exported decoder with onnxruntime-web (WASM), check it
 // against the manifest copied into the site, and decode latents. No framework, no build step.
 import * as ort from "./ort/ort.wasm.min.mjs";
+import { scanOnnx } from "./onnxscan.js";
 
 // ---- seeded noise -----------------------------------------------------------------------
 // mulberry32 (a 32-bit PRNG) + Box-Muller. Reproducible in every browser; mirrored in Python
@@ -30,50 +31,11 @@ export function normal(n, seed) {
   return out;
 }
 
-// ---- the ONNX model's metadata_props, read from the protobuf bytes -------------------------
-// onnxruntime-web exposes input/output names and shapes but not metadata_props, so the page
-// walks ModelProto's top-level fields itself (field 14 = metadata_props {1: key, 2: value}).
-function varint(buf, pos) {
-  let value = 0, scale = 1, b;
-  do {
-    if (pos >= buf.length) throw new Error("truncated protobuf");
-    b = buf[pos++];
-    value += (b & 0x7f) * scale;
-    scale *= 128;
-  } while (b & 0x80);
-  return [value, pos];
-}
-
-function* protoFields(buf, start, end) {
-  let pos = start;
-  while (pos < end) {
-    let key, len;
-    [key, pos] = varint(buf, pos);
-    const field = Math.floor(key / 8), wire = key & 7;
-    if (wire === 0) { [, pos] = varint(buf, pos); continue; }
-    if (wire === 1) { pos += 8; continue; }
-    if (wire === 5) { pos += 4; continue; }
-    if (wire !== 2) throw new Error(`not an ONNX model (protobuf wire type ${wire})`);
-    [len, pos] = varint(buf, pos);
-    if (pos + len > end) throw new Error("truncated protobuf");
-    yield [field, pos, pos + len];
-    pos += len;
-  }
-}
-
+// ---- the ONNX model's contract facts, read from the protobuf bytes -------------------------
+// onnxruntime-web exposes input/output names and shapes but neither metadata_props nor the
+// graph's nodes, so the page walks ModelProto itself (onnxscan.js).
 export function onnxMetadata(bytes) {
-  const text = new TextDecoder();
-  const meta = {};
-  for (const [field, s, e] of protoFields(bytes, 0, bytes.length)) {
-    if (field !== 14) continue;
-    let key = "", value = "";
-    for (const [f, a, b] of protoFields(bytes, s, e)) {
-      if (f === 1) key = text.decode(bytes.subarray(a, b));
-      if (f === 2) value = text.decode(bytes.subarray(a, b));
-    }
-    meta[key] = value;
-  }
-  return meta;
+  return scanOnnx(bytes).metadata;
 }
 
 const shape = (s) => (s ? s.split(",").filter((v) => v.trim() !== "").map(Number) : []);
@@ -154,7 +116,17 @@ export async function load(params = new URLSearchParams(location.search)) {
     throw new Error(`${file} failed its checksum check: sha256 ${got.slice(0, 16)}…, ${bytes.length} bytes; ` +
       `the manifest says ${entry.sha256.slice(0, 16)}…, ${entry.size} bytes. Refusing to run a modified decoder.`);
   }
-  const meta = onnxMetadata(bytes);
+  // Like every consumer: no random operator, no weights outside the checked file, before a session exists.
+  const scan = scanOnnx(bytes);
+  if (scan.randomOps.length) {
+    throw new Error(`${file}: random operator ${scan.randomOps.join(", ")}: outputs would differ between runs ` +
+      "(sampling noise belongs in the host). Refusing to run it.");
+  }
+  if (scan.externalData.length) {
+    throw new Error(`${file} keeps weights in external files (${scan.externalData.join(", ")}) that the page ` +
+      "cannot check. Refusing to run it.");
+  }
+  const meta = scan.metadata;
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
   const contract = contractFrom(meta, manifest, session, site);
   return new Decoder(session, contract, { threads: ort.env.wasm.numThreads || threads, sha256: got, manifest, site });
@@ -217,28 +189,5 @@ export class Decoder {
   }
 }
 
-// ---- pixels -------------------------------------------------------------------------------
-// Same rule as vae_deploy/images.py: values in [0, 1] are shown as is, otherwise the batch's
-// min..max is stretched to 0..255. [N, D] with D a square shows as D = side x side, grey.
-export function toImages(data, dims) {
-  let [n, c, h, w] = dims;
-  if (dims.length === 2) { c = 1; h = w = Math.round(Math.sqrt(dims[1])); if (h * w !== dims[1]) return null; }
-  else if (dims.length === 3) { c = 1; h = dims[1]; w = dims[2]; }
-  else if (dims.length !== 4 || (c !== 1 && c !== 3)) return null;
-  let lo = Infinity, hi = -Infinity;
-  for (const v of data) { if (v < lo) lo = v; if (v > hi) hi = v; }
-  if (lo >= 0 && hi <= 1) { lo = 0; hi = 1; }
-  const span = Math.max(hi - lo, 1e-12), plane = h * w, images = [];
-  for (let k = 0; k < n; k++) {
-    const img = new ImageData(w, h);
-    for (let p = 0; p < plane; p++) {
-      for (let ch = 0; ch < 3; ch++) {
-        const v = data[k * c * plane + (c === 3 ? ch : 0) * plane + p];
-        img.data[4 * p + ch] = Math.floor(Math.min(Math.max((v - lo) / span, 0), 1) * 255 + 0.5);
-      }
-      img.data[4 * p + 3] = 255;
-    }
-    images.push(img);
-  }
-  return images;
-}
+// ---- pixels: pixels.js (no imports, so node tests it against Python) ------------------------
+export { outputRange, roundHalfEven, toByte, toImages } from "./pixels.js";
