@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vae_deploy.artifacts import file_sha256
 from vae_deploy.data.arrays import npz_key
 from vae_deploy.errors import DataError
 
@@ -58,12 +59,14 @@ class InputSource:
         return np.concatenate([c.astype(dtype, copy=False) for c in chunks])
 
     def fingerprint(self) -> dict[str, Any]:
-        """Cheap identity of the input (names, sizes, mtimes; not a hash of possibly terabytes):
-        a resumed job refuses an input that changed under it."""
+        """The input's identity: each file's name, size and sha256 (streamed in 1 MiB blocks).
+        Not the mtime: ``cp -p``, ``rsync -a`` and ``tar`` keep it, and a fixed-shape ``.npy``
+        keeps its size, so only the content tells a changed input. Hashing reads each byte once,
+        cheap next to encoding it; a resumed job refuses an input that changed under it."""
         files = []
         for name in self.names:
-            st = (self.path / name if self.path.is_dir() else self.path).stat()
-            files.append([name, st.st_size, st.st_mtime_ns])
+            p = self.path / name if self.path.is_dir() else self.path
+            files.append([name, p.stat().st_size, file_sha256(p)])
         return {"path": str(self.path.resolve()), "kind": self.kind, "rows": self.n_rows,
                 "item_shape": list(self.item_shape), "files": files}
 

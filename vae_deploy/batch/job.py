@@ -17,6 +17,10 @@ from vae_deploy.batch.plan import Shard, plan_shards
 from vae_deploy.batch.tasks import TASKS, TaskSpec, check_row_shape
 from vae_deploy.runtime import variant_file
 
+# A plan past this many shards is a typo (or shard rows of 1 over a huge -n): refused before the
+# plan is built, which holds one small object per shard.
+MAX_SHARDS = 1 << 20
+
 # Runtime options that change only speed, not results: left out of the job's identity so a
 # resumed run may use other threads.
 _SPEED_ONLY = ("threads", "max_batch")  # max_batch is batch_size, already in the job
@@ -127,9 +131,25 @@ def run_batch(
         "format": fmt,
         "runtime": {k: v for k, v in sorted(options.items()) if k not in _SPEED_ONLY},
     }
+    if -(-n_rows // shard_rows) > MAX_SHARDS:
+        raise BatchError(f"{n_rows:,} rows in shards of {shard_rows:,} would make {-(-n_rows // shard_rows):,} shards; "
+                         f"at most {MAX_SHARDS:,} are planned: raise --shard-rows to at least "
+                         f"{-(-n_rows // MAX_SHARDS):,}")
     folder = OutputFolder(Path(out), job, fmt)
     plan = plan_shards(n_rows, shard_rows)
     folder.open()
+    try:
+        return _run_planned(folder, plan, source, spec_task, task, out, n_rows, export_dir, options, use_ray,
+                            workers, ray_address, cpus_per_worker, gpus_per_worker, progress)
+    finally:
+        folder.close()
+
+
+def _run_planned(folder: OutputFolder, plan: list[Shard], source: InputSource | None, spec_task: TaskSpec,
+                 task: str, out: str | Path, n_rows: int, export_dir: Path, options: dict[str, Any], use_ray: bool,
+                 workers: int, ray_address: str | None, cpus_per_worker: float, gpus_per_worker: float,
+                 progress: Callable[[Progress], None] | None) -> BatchSummary:
+    """Compute the shards the folder lacks and record each; the caller holds the folder's lock."""
     todo = [s for s in plan if s.index not in folder.shards]
 
     t0 = time.perf_counter()
