@@ -155,3 +155,29 @@ def test_a_plan_of_too_many_shards_is_refused_before_it_is_built(exports, tmp_pa
     with pytest.raises(BatchError, match="raise --shard-rows to at least"):
         run_batch("sample", exports["mlp"], tmp_path / "o", n=1_000_000_000, seed=0, shard_rows=1)
     assert time.monotonic() - t0 < 5 and not (tmp_path / "o").exists()
+
+
+def test_cli_full_disk_is_one_error_line_and_the_rerun_resumes(exports, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from vae_deploy.cli import main
+
+    out = tmp_path / "out"
+    real, calls = output_mod.atomic_write, [0]
+
+    def full_after_one(path, data):
+        if path.name.startswith("shard-"):
+            calls[0] += 1
+            if calls[0] > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(output_mod, "atomic_write", full_after_one)
+    args = ["batch", "sample", str(exports["mlp"]), "-n", "30", "--shard-rows", "10", "--out", str(out)]
+    r = CliRunner().invoke(main, args)
+    errors = [ln for ln in r.output.splitlines() if ln.startswith("Error:")]
+    assert r.exit_code == 1 and len(errors) == 1 and "out of disk space" in errors[0], r.output
+    assert "Traceback" not in r.output and not (out / LOCK).exists()
+    monkeypatch.setattr(output_mod, "atomic_write", real)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "1 resumed" in r.output, r.output

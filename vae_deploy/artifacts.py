@@ -192,7 +192,7 @@ def load_manifest(folder: str | Path, *, verify: bool = True, only: list[str] | 
     path = folder / MANIFEST
     if not folder.is_dir():
         raise ArtifactError(f"export folder {str(folder)!r} does not exist (run `vae-deploy export` first)")
-    if not path.is_file():
+    if not path.exists():  # one that exists but is not a regular file is named by read_user_text
         raise ArtifactError(f"{str(folder)!r} has no {MANIFEST}: not a vae-deploy export folder")
     from vae_deploy.errors import InputError
     from vae_deploy.files import read_user_text

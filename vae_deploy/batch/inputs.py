@@ -109,7 +109,14 @@ def open_input(path: str | Path, *, item_shape: tuple[int, ...] | None = None) -
     if not p.exists():
         raise DataError(f"input {str(p)!r} does not exist (expected a .npy/.npz file, a folder of .npy "
                         "shards or a folder of images)")
-    if p.is_file():
+    if not p.is_dir():  # a FIFO or device would hang the reader: a regular file or a folder
+        from vae_deploy.errors import InputError
+        from vae_deploy.files import check_user_file
+
+        try:
+            check_user_file(p, "array")
+        except InputError as e:
+            raise DataError(str(e)) from None
         if p.suffix == ".npy":
             return InputSource(p, "npy", [_load_npy(p)], [p.name])
         if p.suffix == ".npz":

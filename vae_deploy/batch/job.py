@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from vae_deploy.artifacts import load_manifest, spec_from_manifest
-from vae_deploy.batch.executors import RAY_HINT, RayPool, RunStats, ray_available, run_in_process
+from vae_deploy.batch.executors import (
+    RAY_HINT,
+    RayPool,
+    RunStats,
+    check_runtime_options,
+    ray_available,
+    run_in_process,
+)
 from vae_deploy.batch.inputs import InputSource, open_input
 from vae_deploy.batch.output import BatchError, OutputFolder
 from vae_deploy.batch.plan import Shard, plan_shards
@@ -89,6 +96,7 @@ def run_batch(
         raise BatchError(f"--workers {workers} runs on Ray, which is not installed: {RAY_HINT} "
                          "(or use --workers 1 to run in this process)")
     options = {k: v for k, v in (runtime_options or {}).items() if v is not None}
+    check_runtime_options(options)  # before the export is read or the folder locked
     options["max_batch"] = batch_size
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir, verify=False)

@@ -7,11 +7,14 @@ from pathlib import Path
 import click
 
 from vae_deploy.cli.options import (
+    SAMPLES,
+    SEED,
+    TILE,
     check_memory,
-    check_writable,
     engine_options,
     friendly_errors,
     ints,
+    out_file,
     runtime_kwargs,
 )
 
@@ -21,15 +24,17 @@ TILE_HELP = ("Decode (and encode) in overlapping latent tiles of this size, diff
 
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Non-negative integer (default: fresh entropy).")
+@click.option("-n", "--n", "n", type=SAMPLES, default=64, show_default=True)
+@click.option("--seed", type=SEED, default=None, help="Non-negative integer (default: fresh entropy).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write samples as .npy.")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG grid.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
+              help="Write samples as .npy.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
+              help="Write a PNG grid.")
 @click.option("--latent-shape", callback=ints, default=None,
               help="Per-example latent shape for a dynamic-size export, e.g. 4,128,128 (default: the export's example).")
-@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
+@click.option("--tile", type=TILE, default=None, help=TILE_HELP)
 @friendly_errors
 def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: str, precision: str, force_bf16: bool,
            tuning_file: Path | None, out: Path | None, grid: Path | None, latent_shape: tuple[int, ...] | None,
@@ -40,8 +45,6 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
     from vae_deploy.images import save_grid, save_npy
     from vae_deploy.runtime import Runtime
 
-    check_writable(out, "--out")
-    check_writable(grid, "--grid")
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
     shape = rt.sample_latent_shape(latent_shape)
     ratio = max(1, math.prod(rt.spec.concrete_input_shape) // max(1, math.prod(rt.spec.concrete_latent_shape)))
@@ -61,11 +64,12 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
 @click.option("--sample/--mean", "stochastic", default=False, help="Decode a posterior sample instead of the mean.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Non-negative integer (default: fresh entropy).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--seed", type=SEED, default=None, help="Non-negative integer (default: fresh entropy).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
+              help="Write .npy.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
               help="PNG: the inputs (captioned 'input') above their reconstructions.")
-@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
+@click.option("--tile", type=TILE, default=None, help=TILE_HELP)
 @friendly_errors
 def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, precision: str, force_bf16: bool,
                 tuning_file: Path | None, stochastic: bool, seed: int | None,
@@ -77,8 +81,6 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, prec
     from vae_deploy.images import save_labelled_grid, save_npy
     from vae_deploy.runtime import Runtime
 
-    check_writable(out, "--out")
-    check_writable(grid, "--grid")
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
     x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli", min_examples=1)
     if x.shape[1:] != rt.input_shape and x.ndim == 2 and x.shape[1] == int(np.prod(rt.input_shape)):

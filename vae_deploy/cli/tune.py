@@ -6,17 +6,17 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import friendly_errors, ints
+from vae_deploy.cli.options import ROUNDS, THREADS, FiniteFloatRange, friendly_errors, ints
 
 
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", callback=ints, default=None, help="e.g. 1,64 (default: 1,64; 1 for large outputs).")
-@click.option("--max-error", type=click.FloatRange(min=0), default=None,
+@click.option("--max-error", type=FiniteFloatRange(min=0), default=None,
               help="Accuracy budget: leave out variants whose max abs error vs fp32 exceeds this.")
 @click.option("--fp32-only", is_flag=True, help="Leave out every lossy variant (int8, bf16, fp16).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (part of the key).")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=THREADS, default=None, help="Intra-op threads (part of the key).")
+@click.option("--rounds", type=ROUNDS, default=5, show_default=True)
 @click.option("--tuning-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to record (default: $XDG_CACHE_HOME/vae-deploy/tuning.json).")
 @friendly_errors

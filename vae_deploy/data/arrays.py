@@ -117,12 +117,12 @@ def check_array_file(path: str | Path, *, in_memory: bool = True) -> None:
         members.append((repr(str(p)), avail))
         declared.append((repr(str(p)), nbytes))
     for (source, avail), (_, nbytes) in zip(members, declared):
-        if avail is not None and nbytes > avail:
-            raise DataError(f"{source} is truncated: its header declares {nbytes:,} bytes of data, the file holds "
-                            f"{avail:,}")
         if memory is not None and nbytes > memory:
             raise DataError(f"{source} declares {nbytes:,} bytes of data, more than this machine's {memory:,} bytes "
                             "of memory")
+        if avail is not None and nbytes > avail:
+            raise DataError(f"{source} is truncated: its header declares {nbytes:,} bytes of data, the file holds "
+                            f"{avail:,}")
 
 
 def load_array_file(
