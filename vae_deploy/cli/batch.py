@@ -44,7 +44,7 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What every batch command shares: output, sharding, workers, Runtime options."""
     options = [
         click.option("--out", type=click.Path(path_type=Path), required=True, callback=out_folder,
-                     help="Output folder: shards + manifest.json. Rerunning into it resumes the job."),
+                     help="Output folder: shards + _manifest.json (one job at a time: OUT/.lock). Rerunning into it resumes the job."),
         click.option("--format", "fmt", type=click.Choice(["npy", "parquet"]), default="npy", show_default=True),
         click.option("--shard-rows", type=SHARD_ROWS, default=4096, show_default=True,
                      help="Rows per output shard (the unit of work, retry and resume)."),
