@@ -190,7 +190,8 @@ def test_cli_summary_and_one_line_errors(exports, x_file, tmp_path, monkeypatch)
     assert (summary["rows"], summary["shards"], summary["workers"]) == (250, 3, 1)
     res = CliRunner().invoke(main, ["batch", "sample", str(exports["mlp"]), "-n", "10", "--out", str(tmp_path / "s"),
                                     "--runtime-option", "no_such_option=1"])
-    assert res.exit_code == 1 and "Error: the Runtime does not take these options" in res.output
+    assert res.exit_code == 1 and "Error: --runtime-option: the Runtime takes no option no_such_option;" in res.output
+    assert "max_batch" not in res.output  # the job sets it: not the user's business
     import vae_deploy.batch.job as job
 
     monkeypatch.setattr(job, "ray_available", lambda: False)

@@ -253,3 +253,20 @@ def test_bad_arguments_give_one_error_line(bad_inputs, exports, tiny_ckpts, monk
     assert needle in out, out
     assert took < 20, f"refused only after {took:.0f} s of work"
     assert sorted(p.name for p in bad_inputs.iterdir()) == before, "a bad command left files behind"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["batch", "sample"], "--threads"), (["tune"], "--threads"), (["train"], "--threads"), (["bench"], "--threads"),
+    (["sample"], "--seed"), (["batch", "sample"], "--shard-rows"), (["serve"], "--http-port"),
+])
+def test_numeric_ranges_are_shown_in_help(argv, flag):
+    """The range each parser enforces is printed beside the option, so it is no surprise."""
+    from vae_deploy.cli.options import MAX_SEED, SHARD_ROWS
+    from vae_deploy.limits import max_threads
+
+    r = CliRunner().invoke(main, [*argv, "--help"], terminal_width=400)
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.strip().startswith(flag))
+    want = {"--threads": f"1<=x<={max_threads()}", "--seed": f"0<=x<={MAX_SEED}",
+            "--shard-rows": f"1<=x<={SHARD_ROWS.max}", "--http-port": "1<=x<=65535"}[flag]
+    assert want in line, line

@@ -4,6 +4,7 @@ line, and say which entries they skipped."""
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -23,7 +24,7 @@ def write_png16(path: Path, a: np.ndarray) -> Path:
     16-bit colour PNGs, which is the case the loader must not read clipped."""
     a = np.asarray(a, dtype=">u2")
     h, w = a.shape[:2]
-    colour = 0 if a.ndim == 2 else {3: 2, 4: 6}[a.shape[2]]
+    colour = 0 if a.ndim == 2 else {2: 4, 3: 2, 4: 6}[a.shape[2]]
     raw = b"".join(b"\0" + a[y].tobytes() for y in range(h))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -90,11 +91,11 @@ def test_batch_encode_of_16bit_images_equals_runtime_encode(exports, tmp_path):
     np.testing.assert_allclose(read_outputs(tmp_path / "out")["mu"], mu, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("channels", [3, 4])
-def test_16bit_colour_png_is_refused_not_clipped(tmp_path, channels):
+@pytest.mark.parametrize("channels, kind", [(2, "grayscale+alpha"), (3, "RGB"), (4, "RGBA")])
+def test_16bit_colour_or_alpha_png_is_refused_not_clipped(tmp_path, channels, kind):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
     write_png16(tmp_path / "c.png", np.stack([gradient16(i) for i in range(channels)], -1))
-    with pytest.raises(DataError, match=r"c\.png.* is a 16-bit RGBA? PNG.*clipped to 8 bits") as e:
+    with pytest.raises(DataError, match=rf"c\.png.* is a 16-bit {re.escape(kind)} PNG.*clipped to 8 bits") as e:
         load_image_folder(tmp_path)
     assert "\n" not in str(e.value)
 

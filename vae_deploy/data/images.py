@@ -120,10 +120,12 @@ def png_depth(p: Path) -> tuple[int, int] | None:
 
 
 def _is_16bit(p: Path, mode: str) -> bool:
-    """True for a 16-bit grayscale image (kept); a 16-bit colour PNG is refused."""
+    """True for a 16-bit grayscale image (kept); a 16-bit PNG with colour or alpha is refused
+    (Pillow narrows those to 8 bits)."""
     depth = png_depth(p)
-    if depth is not None and depth[0] == 16 and depth[1] in (2, 6):
-        raise DataError(f"image {str(p)!r} is a 16-bit {'RGBA' if depth[1] == 6 else 'RGB'} PNG, which Pillow can "
+    if depth is not None and depth[0] == 16 and depth[1] in (2, 4, 6):
+        kind = {2: "RGB", 4: "grayscale+alpha", 6: "RGBA"}[depth[1]]
+        raise DataError(f"image {str(p)!r} is a 16-bit {kind} PNG, which Pillow can "
                         "only read clipped to 8 bits; expected 8-bit images or 16-bit grayscale PNGs (or save "
                         "the pixels as a .npy array)")
     return mode in SIXTEEN_BIT_MODES and (depth is None or depth[0] == 16)
