@@ -1,8 +1,10 @@
 """Serve the encoder, decoder and sampler on a real Triton server, in-process, via PyTriton.
 
-PyTriton starts the ``tritonserver`` binary its wheel bundles; each model is a Python
-callable here, backed by the project's ``Runtime``, and Triton does the HTTP/gRPC
-protocol, input validation against the model config and dynamic batching. The models and
+PyTriton starts the ``tritonserver`` binary its wheel bundles; the encoder and decoder are
+Python callables here, backed by the project's ``Runtime``, and Triton does the HTTP/gRPC
+protocol, input validation against the model config and dynamic batching. The sampler is
+Triton's own Python-backend model (``triton_sampler.py``), loaded into the same server, so a
+bad request gets HTTP 400 / gRPC INVALID_ARGUMENT (see ``_load_sampler``). The models and
 tensors have the names of the model repository ``vae_deploy.triton`` writes, so one client
 works against both. Needs the ``serve`` extra (``nvidia-pytriton``, Linux with glibc >= 2.35).
 """
@@ -168,7 +170,9 @@ class VaeTritonServer:
     def __init__(self, runtime: Any, options: ServeOptions | None = None) -> None:
         self.runtime = runtime
         self.options = options or ServeOptions()
-        self.stats = {name: CallStats() for name in (ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL)}
+        # The Python callables' own timings; the sampler runs in Triton's Python backend (see
+        # _load_sampler): its numbers are in inference_statistics(SAMPLER_MODEL).
+        self.stats = {name: CallStats() for name in (ENCODER_MODEL, DECODER_MODEL)}
         self._triton: Any = None
         self._tmp: Path | None = None
         self.log_file: Path | None = self.options.log_file
