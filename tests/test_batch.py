@@ -44,7 +44,7 @@ def test_encode_in_process_equals_runtime_encode(exports, x_file, x_rows, tmp_pa
     got = read_outputs(tmp_path / "out")
     np.testing.assert_allclose(got["mu"], mu, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got["logvar"], logvar, rtol=1e-6, atol=1e-6)
-    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert m["complete"] and m["rows_written"] == 250 and [e["start"] for e in m["shards"]] == [0, 64, 128, 192]
     assert m["summary"]["rows"] == 250
 
@@ -81,17 +81,17 @@ def test_crash_midway_then_rerun_resumes_with_identical_output(exports, x_file, 
             raise KeyboardInterrupt  # the driver dies after two shards were written
     with pytest.raises(KeyboardInterrupt):
         run_batch("encode", exports["mlp"], tmp_path / "out", input_path=x_file, shard_rows=50, progress=crash)
-    assert not json.loads((tmp_path / "out" / "manifest.json").read_text())["complete"]
+    assert not json.loads((tmp_path / "out" / "_manifest.json").read_text())["complete"]
     with pytest.raises(BatchError, match="not finished"):
         read_outputs(tmp_path / "out")
     (tmp_path / "out" / ".shard-00002.mu.npy.abc.tmp").write_bytes(b"half")  # a write cut short
-    with (tmp_path / "out" / "shards.jsonl").open("a") as f:
+    with (tmp_path / "out" / "_shards.jsonl").open("a") as f:
         f.write('{"index": 2, "start": 100, "sto')  # and a journal line torn by the crash
     first = (tmp_path / "out" / "shard-00000.mu.npy").stat().st_mtime_ns
     s = run_batch("encode", exports["mlp"], tmp_path / "out", input_path=x_file, shard_rows=50)
     assert (s.shards_resumed, s.rows_computed, s.rows) == (2, 150, 250)
     assert (tmp_path / "out" / "shard-00000.mu.npy").stat().st_mtime_ns == first  # not recomputed
-    assert not list((tmp_path / "out").glob(".*.tmp")) and not (tmp_path / "out" / "shards.jsonl").exists()
+    assert not list((tmp_path / "out").glob(".*.tmp")) and not (tmp_path / "out" / "_shards.jsonl").exists()
     for f in sorted((tmp_path / "clean").glob("shard-*")):
         assert f.read_bytes() == (tmp_path / "out" / f.name).read_bytes()
 
@@ -123,7 +123,10 @@ def test_decode_and_parquet_output(exports, tmp_path):
               fmt="parquet")
     got = read_outputs(tmp_path / "pq")
     assert np.array_equal(got["row"], np.arange(90)) and sorted(p.name for p in (tmp_path / "pq").iterdir()) == [
-        "manifest.json", "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+        "_manifest.json", "shard-00000.parquet", "shard-00001.parquet", "shard-00002.parquet"]
+    import pyarrow.parquet as pq  # the whole folder reads as one data set: the bookkeeping is skipped
+
+    assert pq.read_table(tmp_path / "pq").column("row").to_pylist() == list(range(90))
     np.testing.assert_allclose(got["x"], Runtime.load(exports["mlp"]).decode(z), rtol=1e-6, atol=1e-6)
 
 
@@ -131,14 +134,14 @@ def test_refuses_a_foreign_or_different_output_folder_and_changes_nothing(export
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(BatchError, match="not empty and holds no manifest.json"):
+    with pytest.raises(BatchError, match="not empty and holds no _manifest.json"):
         run_batch("encode", exports["mlp"], foreign, input_path=x_file)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     run_batch("encode", exports["mlp"], tmp_path / "out", input_path=x_file, shard_rows=100)
-    before = (tmp_path / "out" / "manifest.json").read_bytes()
+    before = (tmp_path / "out" / "_manifest.json").read_bytes()
     with pytest.raises(BatchError, match="different job .*shard_rows"):
         run_batch("encode", exports["mlp"], tmp_path / "out", input_path=x_file, shard_rows=50)
-    assert (tmp_path / "out" / "manifest.json").read_bytes() == before
+    assert (tmp_path / "out" / "_manifest.json").read_bytes() == before
 
 
 def test_input_errors_come_before_any_work(exports, tmp_path):
@@ -170,7 +173,7 @@ def test_image_folders_are_read_by_the_training_loader(exports, tmp_path):
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(imgs / name)
     s = run_batch("encode", exports["mlp"], tmp_path / "o", input_path=imgs)
     assert s.rows == 3
-    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "o" / "_manifest.json").read_text())
     assert [f[0] for f in m["job"]["input"]["files"]] == ["a.png", "b.png", "sub/c.png"]
     x = load_image_folder(imgs, image_size=(8, 8), channels=1).astype(np.float32) / 255.0
     mu, logvar = Runtime.load(exports["mlp"]).encode(x)
@@ -187,7 +190,8 @@ def test_cli_summary_and_one_line_errors(exports, x_file, tmp_path, monkeypatch)
     assert (summary["rows"], summary["shards"], summary["workers"]) == (250, 3, 1)
     res = CliRunner().invoke(main, ["batch", "sample", str(exports["mlp"]), "-n", "10", "--out", str(tmp_path / "s"),
                                     "--runtime-option", "no_such_option=1"])
-    assert res.exit_code == 1 and "Error: the Runtime does not take these options" in res.output
+    assert res.exit_code == 1 and "Error: --runtime-option: the Runtime takes no option no_such_option;" in res.output
+    assert "max_batch" not in res.output  # the job sets it: not the user's business
     import vae_deploy.batch.job as job
 
     monkeypatch.setattr(job, "ray_available", lambda: False)

@@ -61,7 +61,7 @@ def x_file(tmp_path_factory) -> Path:
 
 
 def _manifest(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())
+    return json.loads((out / "_manifest.json").read_text())
 
 
 def _every_row_once(out: Path, n: int) -> None:

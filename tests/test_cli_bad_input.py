@@ -38,7 +38,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     # export
     ("export-opset-99", ["export", "{ckpt}", "--out", "{tmp}/e", "--opset", "99"], 1, "opset must be"),
     ("export-opset-low", ["export", "{ckpt}", "--out", "{tmp}/e", "--opset", "7"], 2, "--opset"),
-    ("export-out-under-file", ["export", "{ckpt}", "--out", "{tmp}/afile/x"], 1, "is a file"),
+    ("export-out-under-file", ["export", "{ckpt}", "--out", "{tmp}/afile/x"], 2, "is a file"),
     ("export-out-cwd", ["export", "{ckpt}", "--out", "."], 1, "current folder"),
     ("export-out-root", ["export", "{ckpt}", "--out", "/"], 1, "filesystem root"),
     ("export-out-fifo", ["export", "{ckpt}", "--out", "{tmp}/with_fifo"], 1, "FIFO"),
@@ -110,7 +110,84 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("export-diffusers-missing", ["export", "--diffusers", "{tmp}/nothing", "--out", "{tmp}/e"], 1, "not a folder"),
     ("sample-tile-not-multiple-of-4", ["sample", "{export}", "--tile", "3", "-n", "1"], 1, "tile"),
     ("unknown-command", ["frobnicate"], 2, "No such command"),
+    # round 3: ranges, output places, user files, images (issue #24)
+    ("batch-threads-huge", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o", "--threads", "100000"], 2,
+     "--threads"),
+    ("batch-runtime-option-threads-huge", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o",
+                                           "--runtime-option", "threads=100000"], 1, "threads must be an integer in 1.."),
+    ("batch-runtime-option-unknown", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o",
+                                      "--runtime-option", "foo=1"], 1, "takes no option foo;"),
+    ("tune-threads-huge", ["tune", "{export}", "--threads", "100000"], 2, "--threads"),
+    ("train-threads-huge", ["train", "--threads", "100000"], 2, "--threads"),
+    ("bench-threads-huge", ["bench", "{export}", "--threads", "100000", "--quick"], 2, "--threads"),
+    ("train-lr-nan", ["train", "--lr", "nan"], 2, "not a finite number"),
+    ("train-beta-inf", ["train", "--beta", "inf"], 2, "--beta"),
+    ("verify-time-budget-nan", ["verify", "{export}", "--time-budget", "nan"], 2, "not a finite number"),
+    ("batch-cpus-inf", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o", "--cpus-per-worker", "inf"],
+     2, "--cpus-per-worker"),
+    ("sample-seed-2-63", ["sample", "{export}", "--seed", str(2**63)], 2, "--seed"),
+    ("batch-seed-2-63", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/o", "--seed", str(2**63)], 2,
+     "--seed"),
+    ("batch-n-huge", ["batch", "sample", "{export}", "-n", str(2**41), "--out", "{tmp}/o"], 2, "-n"),
+    ("batch-too-many-shards", ["batch", "sample", "{export}", "-n", "1000000000", "--shard-rows", "1", "--out",
+                               "{tmp}/o"], 1, "raise --shard-rows"),
+    ("batch-shard-rows-huge", ["batch", "sample", "{export}", "-n", "5", "--shard-rows", str(2**30), "--out",
+                               "{tmp}/o"], 2, "--shard-rows"),
+    ("serve-delay-huge", ["serve", "{export}", "--max-delay-us", str(10**9)], 2, "--max-delay-us"),
+    ("triton-instances-huge", ["triton-repo", "{export}", "--instances", "100000"], 2, "--instances"),
+    ("export-opset-huge", ["export", "{ckpt}", "--out", "{tmp}/e", "--opset", "1000"], 2, "--opset"),
+    ("train-hidden-huge", ["train", "--hidden", str(2**30)], 2, "at most"),
+    ("batch-out-under-file", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/afile/o"], 2, "is a file"),
+    ("batch-out-uncreatable", ["batch", "sample", "{export}", "-n", "5", "--out", "/proc/vae-deploy-o"], 2,
+     "cannot create"),
+    ("batch-out-name-too-long", ["batch", "sample", "{export}", "-n", "5", "--out", "{tmp}/" + "o" * 300], 2,
+     "at most 255"),
+    ("sample-out-uncreatable", ["sample", "{export}", "-n", "2", "--out", "/proc/vae-deploy/x.npy"], 2,
+     "cannot create"),
+    ("sample-grid-uncreatable", ["sample", "{export}", "-n", "2", "--grid", "/proc/x.png"], 2, "cannot create"),
+    ("train-out-uncreatable", ["train", "--epochs", "1", "--out", "/proc/vae-deploy/c.pt"], 2, "cannot create"),
+    ("train-json-uncreatable", ["train", "--epochs", "1", "--json", "/proc/r.json"], 2, "cannot create"),
+    ("web-out-uncreatable", ["web", "{export}", "--out", "/proc/vae-deploy-site"], 2, "cannot create"),
+    ("triton-out-uncreatable", ["triton-repo", "{export}", "--out", "/proc/vae-deploy-repo"], 2, "cannot create"),
+    ("train-bomb-png", ["train", "--data", "{tmp}/bomb", "--epochs", "1"], 1, "decompression bomb"),
+    ("batch-encode-bomb-png", ["batch", "encode", "{export}", "{tmp}/bomb", "--out", "{tmp}/o"], 1,
+     "decompression bomb"),
+    ("train-png16-rgb", ["train", "--data", "{tmp}/rgb16", "--epochs", "1"], 1, "16-bit RGB PNG"),
+    ("train-npy-fifo", ["train", "--data", "{tmp}/fifo.npy", "--epochs", "1"], 1, "must be a regular file, got a FIFO"),
+    ("reconstruct-npy-fifo", ["reconstruct", "{export}", "{tmp}/fifo.npy"], 1, "must be a regular file"),
+    ("batch-encode-npy-fifo", ["batch", "encode", "{export}", "{tmp}/fifo.npy", "--out", "{tmp}/o"], 1,
+     "must be a regular file"),
+    ("train-npy-truncated", ["train", "--data", "{tmp}/truncated.npy", "--epochs", "1"], 1, "is truncated"),
+    ("batch-encode-npy-truncated", ["batch", "encode", "{export}", "{tmp}/truncated.npy", "--out", "{tmp}/o"], 1,
+     "is truncated"),
+    ("train-npy-declares-terabytes", ["train", "--data", "{tmp}/huge.npy", "--epochs", "1"], 1,
+     "more than this machine"),
+    ("train-npz-declares-terabytes", ["train", "--data", "{tmp}/huge.npz", "--epochs", "1"], 1,
+     "more than this machine"),
+    ("sample-manifest-fifo", ["sample", "{tmp}/fifo_manifest"], 1, "must be a regular file"),
 ]
+
+
+def _huge_npy_bytes() -> bytes:
+    """A .npy header declaring 2**40 float32 rows of 8 (32 TiB) in front of no data."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (2**40, 8)})
+    return buf.getvalue()
+
+
+def _bomb_png(path: Path) -> None:
+    """A PNG whose header claims 20000 x 20000 pixels (twice Pillow's limit): Pillow refuses it
+    from the header, before decoding, so the file itself can be a few bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +210,24 @@ def bad_inputs(tmp_path_factory, exports) -> Path:
     import os
 
     os.mkfifo(tmp / "with_fifo" / "pipe")
+    os.mkfifo(tmp / "fifo.npy")
+    (tmp / "bomb").mkdir()
+    _bomb_png(tmp / "bomb" / "big.png")
+    from tests.test_data_images16 import write_png16
+
+    (tmp / "rgb16").mkdir()
+    for i in range(2):
+        write_png16(tmp / "rgb16" / f"{i}.png", np.full((8, 8, 3), 1000 * i, np.uint16))
+    np.save(tmp / "truncated.npy", np.zeros((10, 1, 8, 8), np.float32))
+    (tmp / "truncated.npy").write_bytes((tmp / "truncated.npy").read_bytes()[:-100])
+    (tmp / "huge.npy").write_bytes(_huge_npy_bytes())
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "huge.npz", "w") as z:
+        z.writestr("x.npy", _huge_npy_bytes())
+    shutil.copytree(exports["mlp"], tmp / "fifo_manifest")
+    (tmp / "fifo_manifest" / "manifest.json").unlink()
+    os.mkfifo(tmp / "fifo_manifest" / "manifest.json")
     return tmp
 
 
@@ -158,3 +253,20 @@ def test_bad_arguments_give_one_error_line(bad_inputs, exports, tiny_ckpts, monk
     assert needle in out, out
     assert took < 20, f"refused only after {took:.0f} s of work"
     assert sorted(p.name for p in bad_inputs.iterdir()) == before, "a bad command left files behind"
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["batch", "sample"], "--threads"), (["tune"], "--threads"), (["train"], "--threads"), (["bench"], "--threads"),
+    (["sample"], "--seed"), (["batch", "sample"], "--shard-rows"), (["serve"], "--http-port"),
+])
+def test_numeric_ranges_are_shown_in_help(argv, flag):
+    """The range each parser enforces is printed beside the option, so it is no surprise."""
+    from vae_deploy.cli.options import MAX_SEED, SHARD_ROWS
+    from vae_deploy.limits import max_threads
+
+    r = CliRunner().invoke(main, [*argv, "--help"], terminal_width=400)
+    assert r.exit_code == 0, r.output
+    line = next(ln for ln in r.output.splitlines() if ln.strip().startswith(flag))
+    want = {"--threads": f"1<=x<={max_threads()}", "--seed": f"0<=x<={MAX_SEED}",
+            "--shard-rows": f"1<=x<={SHARD_ROWS.max}", "--http-port": "1<=x<=65535"}[flag]
+    assert want in line, line

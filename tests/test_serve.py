@@ -135,6 +135,71 @@ def test_bad_requests_get_errors_and_the_server_keeps_answering(client, runtime)
     assert np.abs(x_hat - runtime.decode(z)).max() <= 1e-5
 
 
+@pytest.mark.parametrize("inputs, needle", [
+    ({"n": np.array([0], np.int64)}, "n must be one integer in [1, "),
+    ({"n": np.array([10**9], np.int64)}, "n must be one integer in [1, "),
+    ({"n": np.array([2], np.int64), "seed": np.array([-1], np.int64)}, "seed must be one non-negative integer"),
+], ids=["n-zero", "n-huge", "seed-negative"])
+def test_a_bad_sampler_request_is_a_client_error_in_one_line(client, inputs, needle):
+    """HTTP 400 / gRPC INVALID_ARGUMENT, the reason alone: no traceback, no server path."""
+    with pytest.raises(InferenceServerException) as e:
+        infer(client, SAMPLER_MODEL, inputs, [])
+    status, text = str(e.value.status()), str(e.value)
+    assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (status, text)
+    assert needle in text and "Traceback" not in text and "/tmp" not in text and "\n" not in text.strip(), text
+    assert client.is_server_ready()
+
+
+def test_a_data_length_that_does_not_match_the_shape_is_refused_in_one_line(server):
+    """Triton's HTTP front end refuses JSON ``data`` of the wrong length before any model code
+    runs, with one line; its status is Triton's choice (see docs/reliability.md). Over gRPC the
+    same mistake is INVALID_ARGUMENT."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    body = {"inputs": [{"name": "z", "shape": [2, 4], "datatype": "FP32", "data": [0.0] * 5}]}
+    req = urllib.request.Request(f"http://{server.http_url}/v2/models/{DECODER_MODEL}/infer",
+                                 data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    text = e.value.read().decode()
+    assert e.value.code in (400, 500) and "Shape does not match" in text and "Traceback" not in text, text
+    from tritonclient.grpc import service_pb2
+
+    with grpcclient.InferenceServerClient(server.grpc_url) as c:
+        request = service_pb2.ModelInferRequest(model_name=DECODER_MODEL)
+        t = request.inputs.add(name="z", datatype="FP32")
+        t.shape.extend([2, 4])
+        request.raw_input_contents.append(np.zeros(5, np.float32).tobytes())
+        import grpc
+
+        with pytest.raises(grpc.RpcError) as g:
+            c._client_stub.ModelInfer(request)
+    assert g.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "byte size mismatch" in g.value.details()
+
+
+def test_a_killed_servers_temporary_folder_is_swept_at_the_next_start(tmp_path):
+    """Only folders whose recorded owner is dead go; a live owner's and unrecorded ones stay."""
+    from vae_deploy.serve_cleanup import PREFIX, claim, sweep_stale
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live, unknown = (tmp_path / f"{PREFIX}{k}" for k in ("stale", "live", "unknown"))
+    for folder in (stale, live, unknown):
+        (folder / "workspace").mkdir(parents=True)
+    claim(live)
+    claim(stale)
+    (stale / "owner").write_text(f"{dead.pid} 1\n")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", str(stale / "workspace")])
+    try:
+        assert sweep_stale(tmp_path) == [stale]
+        assert sleeper.wait(timeout=10) == -signal.SIGKILL  # a process still running from the folder ended
+    finally:
+        sleeper.kill()
+    assert not stale.exists() and live.is_dir() and unknown.is_dir()
+
+
 def test_a_nan_request_does_not_fail_requests_batched_with_it(server, runtime):
     with httpclient.InferenceServerClient(server.http_url) as c:
         c.mod = httpclient

@@ -209,10 +209,15 @@ def load_manifest(folder: str | Path, *, verify: bool = True, only: list[str] | 
     path = folder / MANIFEST
     if not folder.is_dir():
         raise ArtifactError(f"export folder {str(folder)!r} does not exist (run `vae-deploy export` first)")
-    if not path.is_file():
+    if not path.exists():  # one that exists but is not a regular file is named by read_user_text
         raise ArtifactError(f"{str(folder)!r} has no {MANIFEST}: not a vae-deploy export folder")
-    try:
-        manifest = json.loads(path.read_text())
+    from vae_deploy.errors import InputError
+    from vae_deploy.files import read_user_text
+
+    try:  # a regular file under the manifest size limit, checked before reading
+        manifest = json.loads(read_user_text(path, "manifest"))
+    except InputError as e:
+        raise ArtifactError(str(e)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{str(path)!r} is not valid JSON: {e}") from None
     fmt = manifest.get("format", {}) if isinstance(manifest, dict) else {}

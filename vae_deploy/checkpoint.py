@@ -103,8 +103,9 @@ def save_checkpoint(
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint; any problem becomes one ``CheckpointError``."""
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {str(p)!r} does not exist or is not a file")
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    _check_regular(p)
     if not zipfile.is_zipfile(p):
         raise CheckpointError(
             f"checkpoint {str(p)!r} is damaged, truncated or not a PyTorch file "
@@ -162,3 +163,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     ckpt = Checkpoint(config, sd, obj["meta"], path=p.resolve(), sha256=file_sha256(p), train_state=state)
     ckpt.build_model()  # validates that the weights fit the config
     return ckpt
+
+
+def _check_regular(p: Path) -> None:
+    """A regular file under the weights size limit (a FIFO would hang torch.load), as one
+    ``CheckpointError``."""
+    from vae_deploy.errors import InputError
+    from vae_deploy.files import check_user_file
+
+    try:
+        check_user_file(p, "weights")
+    except InputError as e:
+        raise CheckpointError(str(e)) from None

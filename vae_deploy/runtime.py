@@ -26,6 +26,7 @@ from vae_deploy.backends import Backend
 from vae_deploy.engines import check_choice, file_precision, open_engine
 from vae_deploy.engines.onnxruntime import default_session_options
 from vae_deploy.errors import ArtifactError, ConfigError
+from vae_deploy.limits import check_threads
 
 __all__ = ["Runtime", "default_session_options", "spec_from_session", "variant_file"]
 
@@ -68,6 +69,7 @@ class Runtime(Backend):
         device_id: int = 0,
         force_bf16: bool = False,
     ) -> None:
+        check_threads(threads)
         extra = {"session_options": session_options, "device_id": device_id} if engine == "onnxruntime" else (
             {"session_options": session_options} if session_options is not None else {})
         self.engine = open_engine(engine, encoder_path, decoder_path, precision=precision, provider=provider,
@@ -108,6 +110,7 @@ class Runtime(Backend):
         from vae_deploy.contract import check_export
 
         check_choice(engine, precision)
+        check_threads(kwargs.get("threads"))
         folder = Path(path)
         manifest = load_manifest(folder, verify=False)
         reason = "asked for explicitly"

@@ -1,8 +1,10 @@
 """Serve the encoder, decoder and sampler on a real Triton server, in-process, via PyTriton.
 
-PyTriton starts the ``tritonserver`` binary its wheel bundles; each model is a Python
-callable here, backed by the project's ``Runtime``, and Triton does the HTTP/gRPC
-protocol, input validation against the model config and dynamic batching. The models and
+PyTriton starts the ``tritonserver`` binary its wheel bundles; the encoder and decoder are
+Python callables here, backed by the project's ``Runtime``, and Triton does the HTTP/gRPC
+protocol, input validation against the model config and dynamic batching. The sampler is
+Triton's own Python-backend model (``triton_sampler.py``), loaded into the same server, so a
+bad request gets HTTP 400 / gRPC INVALID_ARGUMENT (see ``_load_sampler``). The models and
 tensors have the names of the model repository ``vae_deploy.triton`` writes, so one client
 works against both. Needs the ``serve`` extra (``nvidia-pytriton``, Linux with glibc >= 2.35).
 """
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.errors import ConfigError, VaeDeployError
+from vae_deploy.serve_cleanup import PREFIX, claim, sweep_stale
 from vae_deploy.triton import (
     DECODER_MODEL,
     DEFAULT_MAX_BATCH,
@@ -43,25 +46,6 @@ DEFAULT_MAX_DELAY_US = 100
 
 class ServeError(VaeDeployError, RuntimeError):
     """The Triton server could not be started (missing extra, port in use, ...)."""
-
-
-class InvalidRequest(ValueError):
-    """A client's bad request (``n`` or ``seed`` out of range), answered with one line.
-
-    PyTriton sends a failing callable's exception to the client formatted with its traceback
-    (file paths, code lines). This exception reports no traceback, so the client reads only
-    ``vae_deploy.serve.InvalidRequest: <reason>``. PyTriton gives a callable no way to pick
-    the status code, so it stays HTTP 500 / gRPC INTERNAL there; the model repository's
-    sampler (triton_sampler.py, Triton's own Python backend) answers 400 / INVALID_ARGUMENT.
-    """
-
-    @property  # type: ignore[override]
-    def __traceback__(self) -> None:
-        return None
-
-    @__traceback__.setter
-    def __traceback__(self, value: object) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -186,7 +170,9 @@ class VaeTritonServer:
     def __init__(self, runtime: Any, options: ServeOptions | None = None) -> None:
         self.runtime = runtime
         self.options = options or ServeOptions()
-        self.stats = {name: CallStats() for name in (ENCODER_MODEL, DECODER_MODEL, SAMPLER_MODEL)}
+        # The Python callables' own timings; the sampler runs in Triton's Python backend (see
+        # _load_sampler): its numbers are in inference_statistics(SAMPLER_MODEL).
+        self.stats = {name: CallStats() for name in (ENCODER_MODEL, DECODER_MODEL)}
         self._triton: Any = None
         self._tmp: Path | None = None
         self.log_file: Path | None = self.options.log_file
@@ -221,7 +207,9 @@ class VaeTritonServer:
         _check_ports_free(o.host, {"http": o.http_port, "grpc": o.grpc_port, "metrics": o.metrics_port})
         # One temporary folder holds PyTriton's workspace (model store, sockets) and, unless the
         # options name one, Triton's log (long: kept out of the terminal); stop() removes it.
-        self._tmp = Path(tempfile.mkdtemp(prefix="vae-deploy-triton-"))
+        sweep_stale()  # folders of servers ended by kill -9 (their owner pid is dead)
+        self._tmp = Path(tempfile.mkdtemp(prefix=PREFIX))
+        claim(self._tmp)
         self._model_copies_before = _model_copies()
         if self.log_file is None:
             self.log_file = self._tmp / "tritonserver.log"
@@ -238,6 +226,7 @@ class VaeTritonServer:
             self._bind()
             with _stub_library_path():
                 self._triton.run()
+                self._load_sampler()
         except Exception as e:
             tail = self._log_tail()  # before stop() removes the temporary folder holding the log
             self.stop()
@@ -323,12 +312,6 @@ class VaeTritonServer:
             inputs=[tensor("z", rt.latent_shape)], outputs=[tensor("x_hat", rt.input_shape)],
             config=batched, strict=True,
         )
-        self._triton.bind(
-            model_name=SAMPLER_MODEL, infer_func=self._sampler(),
-            inputs=[tensor("n", (1,), np.int64), tensor("seed", (1,), np.int64, optional=True)],
-            outputs=[tensor("x_hat", (-1, *rt.input_shape))],
-            config=mc.ModelConfig(batching=False), strict=True,
-        )
 
     def _batched(self, deco: Any, name: str, fn: Callable[[np.ndarray], tuple[dict, float]]) -> Callable:
         """A callable over a list of requests: PyTriton's @batch joins them into one array."""
@@ -351,30 +334,34 @@ class VaeTritonServer:
 
         return infer
 
-    def _sampler(self) -> Callable:
-        """Unbatched: each request asks for its own count ``n`` (and optional ``seed``)."""
-        rt, stats, max_samples = self.runtime, self.stats[SAMPLER_MODEL], self.options.max_samples
+    def _load_sampler(self) -> None:
+        """The sampler as Triton's own Python-backend model (``triton_sampler.py``, the very file
+        the model repository holds), loaded into PyTriton's server beside the bound models.
 
-        def infer(requests: list) -> list:
-            t, outs, runtime_s = time.perf_counter(), [], 0.0
-            for r in requests:
-                n = r["n"].reshape(-1)
-                # n >= 1: PyTriton cannot return an empty tensor (its shared-memory copy fails on one)
-                if n.size != 1 or not 1 <= int(n[0]) <= max_samples:
-                    raise InvalidRequest(f"n must be one integer in [1, {max_samples}], got {n.tolist()}")
-                seed = None
-                if "seed" in r:
-                    s = r["seed"].reshape(-1)
-                    if s.size != 1 or int(s[0]) < 0:
-                        raise InvalidRequest(f"seed must be one non-negative integer, got {s.tolist()}")
-                    seed = int(s[0])
-                t1 = time.perf_counter()
-                outs.append({"x_hat": rt.sample(int(n[0]), seed=seed)})
-                runtime_s += time.perf_counter() - t1
-            stats.add(len(requests), sum(len(o["x_hat"]) for o in outs), time.perf_counter() - t, runtime_s)
-            return outs
+        Why not a PyTriton callable: PyTriton (0.7) gives a callable no way to choose the status
+        code. Whatever a callable raises, its proxy model re-raises as ``TritonModelException``
+        with ``traceback.format_exc()``: HTTP 500 / gRPC INTERNAL, a traceback and the server's
+        temporary paths in the body. Triton's Python backend can answer a ``TritonError`` with
+        code ``INVALID_ARG``: HTTP 400 / gRPC INVALID_ARGUMENT, one line. The sampler decodes
+        through BLS calls to the bound decoder, whose batcher gathers concurrent samplers' chunks.
+        """
+        import tritonclient.http as th
 
-        return infer
+        from vae_deploy.triton import _SAMPLER_SOURCE, GraphInfo, has_sampler, sampler_config
+
+        rt, o = self.runtime, self.options
+        info = GraphInfo(file=Path(), input_name="z", output_names=("x_hat",), input_shape=tuple(rt.input_shape),
+                         latent_shape=tuple(rt.latent_shape), external_data=())
+        if not has_sampler(info):  # a latent with dynamic axes has no size to draw
+            return
+        folder = self._tmp / "workspace" / "model-store" / SAMPLER_MODEL
+        (folder / "1").mkdir(parents=True)
+        (folder / "config.pbtxt").write_text(sampler_config(info, max_batch=o.max_batch, instances=1,
+                                                            max_samples=o.max_samples))
+        shutil.copyfile(_SAMPLER_SOURCE, folder / "1" / "model.py")
+        headers = {"triton-access-token": self._triton.get_access_token()}
+        with th.InferenceServerClient(self.http_url) as c:
+            c.load_model(SAMPLER_MODEL, headers=headers)
 
 
 def _check_ports_free(host: str, ports: dict[str, int]) -> None:

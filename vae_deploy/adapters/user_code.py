@@ -51,8 +51,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A plain state dict from ``path`` (``torch.save`` file or ``.safetensors``); names what the
     file holds when it is something else."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise CheckpointError(f"weights file {str(p)!r} does not exist")
+    _check_regular(p)
     if p.suffix == ".safetensors":
         return _load_safetensors(p)
     try:
@@ -160,3 +161,15 @@ def user_exportable(
         raise ConfigError(f"--latent-dim {latent_dim}, but the module's latent is {list(exp.spec.latent_shape)} "
                           f"(first axis {got})")
     return exp
+
+
+def _check_regular(p: Path) -> None:
+    """A regular file under the weights size limit (a FIFO would hang torch.load), as one
+    ``CheckpointError``."""
+    from vae_deploy.errors import InputError
+    from vae_deploy.files import check_user_file
+
+    try:
+        check_user_file(p, "weights")
+    except InputError as e:
+        raise CheckpointError(str(e)) from None

@@ -48,10 +48,32 @@ def load_runtime(export_dir: str | Path, runtime_options: dict[str, Any]) -> Any
     threads, ...); an option this Runtime does not take is a clear error, not a TypeError."""
     from vae_deploy.runtime import Runtime
 
+    check_runtime_options(runtime_options)
     try:
         return Runtime.load(export_dir, **runtime_options)
     except TypeError as e:
         raise BatchError(f"the Runtime does not take these options {sorted(runtime_options)}: {e}") from None
+
+
+def check_runtime_options(runtime_options: dict[str, Any]) -> None:
+    """Name the options ``Runtime.load`` does not take (only those: the ones the job sets itself,
+    such as max_batch, are no business of the user's), and refuse a thread count out of range."""
+    import inspect
+
+    from vae_deploy.limits import check_threads
+    from vae_deploy.runtime import Runtime
+
+    internal = {"self", "cls", "path", "kwargs", "encoder_path", "decoder_path", "spec"}
+    known = (set(inspect.signature(Runtime.__init__).parameters)
+             | set(inspect.signature(Runtime.load).parameters)) - internal
+    unknown = sorted(set(runtime_options) - known)
+    if unknown:
+        raise BatchError(f"--runtime-option: the Runtime takes no option {', '.join(unknown)}; expected one of "
+                         f"{', '.join(sorted(known - {'max_batch'}))}")
+    try:
+        check_threads(runtime_options.get("threads"))
+    except ValueError as e:
+        raise BatchError(f"--threads / --runtime-option threads: {e}") from None
 
 
 def worker_id() -> str:
@@ -100,7 +122,9 @@ class RayPool:
         self.ray = ray
         self.export_dir = str(Path(export_dir).resolve())
         self.options = dict(runtime_options)
-        self.options.setdefault("threads", max(1, int(cpus_per_worker)))
+        from vae_deploy.limits import max_threads
+
+        self.options.setdefault("threads", min(max_threads(), max(1, int(cpus_per_worker))))
         self.workers = workers
         self.cpus = cpus_per_worker
         self.gpus = gpus_per_worker

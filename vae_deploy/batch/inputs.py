@@ -8,17 +8,17 @@ turns them into float32 model inputs in the worker, so the raw (smaller) rows tr
 
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vae_deploy.data.arrays import npz_key
+from vae_deploy.artifacts import file_sha256
+from vae_deploy.data.arrays import check_array_file, npz_key
+from vae_deploy.data.images import IMAGE_SUFFIXES  # the loader's list: one list
 from vae_deploy.errors import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -58,17 +58,20 @@ class InputSource:
         return np.concatenate([c.astype(dtype, copy=False) for c in chunks])
 
     def fingerprint(self) -> dict[str, Any]:
-        """Cheap identity of the input (names, sizes, mtimes; not a hash of possibly terabytes):
-        a resumed job refuses an input that changed under it."""
+        """The input's identity: each file's name, size and sha256 (streamed in 1 MiB blocks).
+        Not the mtime: ``cp -p``, ``rsync -a`` and ``tar`` keep it, and a fixed-shape ``.npy``
+        keeps its size, so only the content tells a changed input. Hashing reads each byte once,
+        cheap next to encoding it; a resumed job refuses an input that changed under it."""
         files = []
         for name in self.names:
-            st = (self.path / name if self.path.is_dir() else self.path).stat()
-            files.append([name, st.st_size, st.st_mtime_ns])
+            p = self.path / name if self.path.is_dir() else self.path
+            files.append([name, p.stat().st_size, file_sha256(p)])
         return {"path": str(self.path.resolve()), "kind": self.kind, "rows": self.n_rows,
                 "item_shape": list(self.item_shape), "files": files}
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    check_array_file(path, in_memory=False)  # memory-mapped: only the file's own size must agree
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as e:
@@ -79,6 +82,7 @@ def _load_npy(path: Path) -> np.ndarray:
 
 
 def _load_npz(path: Path) -> np.ndarray:
+    check_array_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arr = z[npz_key(list(z.keys()), repr(str(path)))]
@@ -105,7 +109,14 @@ def open_input(path: str | Path, *, item_shape: tuple[int, ...] | None = None) -
     if not p.exists():
         raise DataError(f"input {str(p)!r} does not exist (expected a .npy/.npz file, a folder of .npy "
                         "shards or a folder of images)")
-    if p.is_file():
+    if not p.is_dir():  # a FIFO or device would hang the reader: a regular file or a folder
+        from vae_deploy.errors import InputError
+        from vae_deploy.files import check_user_file
+
+        try:
+            check_user_file(p, "array")
+        except InputError as e:
+            raise DataError(str(e)) from None
         if p.suffix == ".npy":
             return InputSource(p, "npy", [_load_npy(p)], [p.name])
         if p.suffix == ".npz":
@@ -119,13 +130,23 @@ def open_input(path: str | Path, *, item_shape: tuple[int, ...] | None = None) -
             raise DataError(f"input folder {str(p)!r}: its .npy shards disagree on the row shape "
                             f"({sorted(list(s) for s in shapes)}); expected one shape")
         return InputSource(p, "npy-folder", parts, npys)
-    images = sorted(os.path.relpath(os.path.join(root, f), p) for root, _, files in os.walk(p) for f in files
-                    if f.lower().endswith(IMAGE_SUFFIXES))
-    if not images:
-        raise DataError(f"input folder {str(p)!r} holds no .npy files and no images ({', '.join(IMAGE_SUFFIXES)})")
-    from vae_deploy.data import load_image_folder  # the training loader: same order, same decoding
+    from vae_deploy.data import load_image_folder  # the training loader: same files, order and decoding
+    from vae_deploy.data.images import image_files
 
-    kwargs: dict[str, Any] = {}
+    notes: list[str] = []
+    try:
+        images = [f.relative_to(p).as_posix() for f in image_files(p, notes)]
+    except DataError:
+        raise DataError(f"input folder {str(p)!r} holds no .npy files and no images "
+                        f"({', '.join(IMAGE_SUFFIXES)})") from None
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    kwargs: dict[str, Any] = {"notes": []}  # already reported
     if item_shape is not None and len(item_shape) == 3 and all(d > 0 for d in item_shape):
-        kwargs = {"channels": item_shape[0], "image_size": tuple(item_shape[1:])}
-    return InputSource(p, "image-folder", [_checked(np.asarray(load_image_folder(p, **kwargs)), str(p))], images)
+        kwargs.update(channels=item_shape[0], image_size=tuple(item_shape[1:]))
+    arr = load_image_folder(p, **kwargs)
+    if arr.dtype == np.uint16:  # 16-bit images: scaled as training scales them (a uint16 .npy is not)
+        from vae_deploy.data import to_float
+
+        arr = to_float(arr)
+    return InputSource(p, "image-folder", [_checked(arr, str(p))], images)

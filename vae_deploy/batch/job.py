@@ -10,13 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from vae_deploy.artifacts import load_manifest, spec_from_manifest
-from vae_deploy.batch.executors import RAY_HINT, RayPool, RunStats, ray_available, run_in_process
+from vae_deploy.batch.executors import (
+    RAY_HINT,
+    RayPool,
+    RunStats,
+    check_runtime_options,
+    ray_available,
+    run_in_process,
+)
 from vae_deploy.batch.inputs import InputSource, open_input
 from vae_deploy.batch.output import BatchError, OutputFolder
 from vae_deploy.batch.plan import Shard, plan_shards
 from vae_deploy.batch.tasks import TASKS, TaskSpec, check_row_shape
 from vae_deploy.images import resolve_output_range
 from vae_deploy.runtime import variant_file
+
+# A plan past this many shards is a typo (or shard rows of 1 over a huge -n): refused before the
+# plan is built, which holds one small object per shard.
+MAX_SHARDS = 1 << 20
 
 # Runtime options that change only speed, not results: left out of the job's identity so a
 # resumed run may use other threads.
@@ -91,6 +102,7 @@ def run_batch(
         raise BatchError(f"--workers {workers} runs on Ray, which is not installed: {RAY_HINT} "
                          "(or use --workers 1 to run in this process)")
     options = {k: v for k, v in (runtime_options or {}).items() if v is not None}
+    check_runtime_options(options)  # before the export is read or the folder locked
     options["max_batch"] = batch_size
     export_dir = Path(export_dir)
     manifest = load_manifest(export_dir, verify=False)
@@ -141,9 +153,25 @@ def run_batch(
         "format": fmt,
         "runtime": {k: v for k, v in sorted(options.items()) if k not in _SPEED_ONLY},
     }
+    if -(-n_rows // shard_rows) > MAX_SHARDS:
+        raise BatchError(f"{n_rows:,} rows in shards of {shard_rows:,} would make {-(-n_rows // shard_rows):,} shards; "
+                         f"at most {MAX_SHARDS:,} are planned: raise --shard-rows to at least "
+                         f"{-(-n_rows // MAX_SHARDS):,}")
     folder = OutputFolder(Path(out), job, fmt, output_range=resolve_output_range(spec)[0] if fmt == "png" else None)
     plan = plan_shards(n_rows, shard_rows)
     folder.open()
+    try:
+        return _run_planned(folder, plan, source, spec_task, task, out, n_rows, export_dir, options, use_ray,
+                            workers, ray_address, cpus_per_worker, gpus_per_worker, progress)
+    finally:
+        folder.close()
+
+
+def _run_planned(folder: OutputFolder, plan: list[Shard], source: InputSource | None, spec_task: TaskSpec,
+                 task: str, out: str | Path, n_rows: int, export_dir: Path, options: dict[str, Any], use_ray: bool,
+                 workers: int, ray_address: str | None, cpus_per_worker: float, gpus_per_worker: float,
+                 progress: Callable[[Progress], None] | None) -> BatchSummary:
+    """Compute the shards the folder lacks and record each; the caller holds the folder's lock."""
     todo = [s for s in plan if s.index not in folder.shards]
 
     t0 = time.perf_counter()

@@ -37,8 +37,10 @@ def plain_loop(export_dir: Path, x: np.ndarray, batch_size: int, threads: int | 
 def measure(export_dir: Path, input_path: Path, *, workers: tuple[int, ...], shard_rows: int,
             batch_size: int) -> list[dict[str, Any]]:
     from vae_deploy.batch import run_batch
+    from vae_deploy.data.arrays import check_array_file
 
-    x = np.load(input_path, mmap_mode="r")
+    check_array_file(input_path, in_memory=False)  # a regular .npy whose header fits the file
+    x = np.load(input_path, mmap_mode="r", allow_pickle=False)
     rows: list[dict[str, Any]] = []
     for threads in (1, None):
         rows.append({"mode": f"plain loop, {threads or 'default'} thread(s)",

@@ -2,8 +2,12 @@
 shard (rows, files, sha256) so that a rerun resumes instead of starting over.
 
 A shard is recorded only after its files are renamed into place: one line appended to
-``shards.jsonl`` (constant cost per shard, however many there are), folded into
-``manifest.json`` (replaced atomically) when the job is resumed or finishes. A crash at any
+``_shards.jsonl`` (constant cost per shard, however many there are), folded into
+``_manifest.json`` (replaced atomically) when the job is resumed or finishes. The bookkeeping
+names start with ``_`` or ``.`` so that ``pyarrow.parquet.read_table(OUT)`` reads the shards
+and skips them; folders written under the old names (``manifest.json``, ``shards.jsonl``)
+still resume, and are moved to the new names when they do. One job at a time owns the
+folder (``.lock``, see :mod:`vae_deploy.batch.lock`). A crash at any
 moment leaves either a recorded, verifiable shard or one that is recomputed (a torn last
 journal line is ignored): never a row twice, never a row missing. Shard file names come from
 the shard plan, so a shard computed twice (a worker died after finishing) overwrites itself
@@ -24,11 +28,14 @@ from typing import Any
 import numpy as np
 
 from vae_deploy.artifacts import file_sha256
+from vae_deploy.batch.lock import LOCK, FolderLock
 from vae_deploy.batch.plan import Shard
 from vae_deploy.errors import VaeDeployError
 
-MANIFEST = "manifest.json"
-JOURNAL = "shards.jsonl"
+MANIFEST = "_manifest.json"
+JOURNAL = "_shards.jsonl"
+LEGACY_MANIFEST = "manifest.json"  # before round 3: still read, so older jobs resume
+LEGACY_JOURNAL = "shards.jsonl"
 FORMAT_NAME = "vae-deploy-batch"
 FORMAT_VERSION = 1
 FORMATS = ("npy", "parquet", "png")
@@ -42,6 +49,30 @@ os.umask(_UMASK)
 
 class BatchError(VaeDeployError, RuntimeError):
     """A batch job that cannot start or continue (foreign output folder, changed job, lost workers)."""
+
+
+def write_failed(e: OSError, what: str, folder: Path) -> BatchError:
+    """One line for a failed write (a full disk above all): the shards recorded so far stay
+    valid, so the same command resumes once there is room."""
+    import errno
+
+    why = "out of disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+    return BatchError(f"could not write {what} in --out {str(folder)!r}: {why}; the shards written so far are "
+                      "kept: free space (or fix the folder) and rerun the same command to resume")
+
+
+def find_manifest(folder: Path) -> Path | None:
+    """The folder's manifest under its current name or, for an older job, the legacy name."""
+    for name in (MANIFEST, LEGACY_MANIFEST):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    from vae_deploy.files import read_user_text
+
+    return json.loads(read_user_text(path, "manifest"))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -83,7 +114,8 @@ def encode_parquet(shard: Shard, arrays: dict[str, np.ndarray]) -> bytes:
 
 
 class OutputFolder:
-    """``OUT``: shard files plus ``manifest.json``; owned by exactly one job description."""
+    """``OUT``: shard files plus ``_manifest.json``; owned by exactly one job description and,
+    between ``open`` and ``close``, by exactly one process."""
 
     def __init__(self, path: Path, job: dict[str, Any], fmt: str,
                  output_range: tuple[float, float] | None = None) -> None:
@@ -104,29 +136,50 @@ class OutputFolder:
         self.journal_path = self.path / JOURNAL
         self.shards: dict[int, dict[str, Any]] = {}
         self.resumed: list[int] = []  # shards found written and verified at open
+        self.lock = FolderLock(self.path, BatchError)
+        self.created = False  # this job made the folder: removed again if it writes nothing
 
     # --- opening: new, or resuming the same job -------------------------------------------
     def open(self) -> None:
-        """Check that an existing folder holds this job and keep its verified shards."""
+        """Take the folder's lock, check that an existing folder holds this job and keep its
+        verified shards. ``close`` releases the lock."""
         if self.path.exists() and not self.path.is_dir():
             raise BatchError(f"--out {str(self.path)!r} is a file; expected a folder for the shards")
-        if self.manifest_path.is_file():
-            self._load_existing()
-        elif self.path.is_dir() and any(self.path.iterdir()):
-            raise BatchError(f"--out {str(self.path)!r} is not empty and holds no {MANIFEST}: expected a new "
-                             "folder or one a previous batch job wrote; nothing was changed")
-        if self.path.is_dir():
-            for pattern in (".shard-*.tmp", f".{MANIFEST}.*.tmp"):  # a crash mid-write leaves these
+        self.created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except OSError as e:
+            raise BatchError(f"cannot create or lock --out {str(self.path)!r}: {e.strerror or e}") from None
+        try:
+            for pattern in (".shard-*.tmp", f".{MANIFEST}.*.tmp", f".{LEGACY_MANIFEST}.*.tmp"):  # left by a crash
                 for stale in self.path.glob(pattern):
                     stale.unlink(missing_ok=True)
-        # A new folder is created with the first shard: a job that fails to start leaves nothing.
+            found = find_manifest(self.path)
+            if found is not None:
+                self._load_existing(found)
+            elif any(p.name != LOCK for p in self.path.iterdir()):
+                raise BatchError(f"--out {str(self.path)!r} is not empty and holds no {MANIFEST}: expected a new "
+                                 "folder or one a previous batch job wrote; nothing was changed")
+        except BaseException:
+            self.close()
+            raise
 
-    def _load_existing(self) -> None:
+    def close(self) -> None:
+        """Release the lock; a folder this job created and wrote nothing into goes again."""
+        self.lock.release()
+        if self.created and not self.shards:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def _load_existing(self, found: Path) -> None:
         try:
-            old = json.loads(self.manifest_path.read_text())
+            old = _read_manifest(found)
             fmt = old["format"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BatchError(f"{str(self.manifest_path)!r} is not a readable batch manifest ({e}); "
+        except (OSError, ValueError, KeyError, TypeError, VaeDeployError) as e:
+            raise BatchError(f"{str(found)!r} is not a readable batch manifest ({e}); "
                              "nothing was changed") from None
         if fmt != {"name": FORMAT_NAME, "version": FORMAT_VERSION}:
             raise BatchError(f"{str(self.manifest_path)!r} has format {fmt!r}, expected "
@@ -136,11 +189,15 @@ class OutputFolder:
             keys = sorted(k for k in set(old_job) | set(self.job) if old_job.get(k) != self.job.get(k))
             raise BatchError(f"--out {str(self.path)!r} holds a different job (differs in: {', '.join(keys)}); "
                              "use a new --out folder or the same options to resume; nothing was changed")
-        for entry in [*old.get("shards", []), *_journal_entries(self.journal_path)]:
+        journals = [self.path / LEGACY_JOURNAL, self.journal_path]
+        for entry in [*old.get("shards", []), *(e for j in journals for e in _journal_entries(j))]:
             if self._verifies(entry):
                 self.shards[int(entry["index"])] = entry
         self.resumed = sorted(self.shards)
         self._save(complete=False)  # fold the journal in: the verified shards, once each
+        if found.name == LEGACY_MANIFEST:  # moved to the new names: the old ones would confuse readers
+            (self.path / LEGACY_JOURNAL).unlink(missing_ok=True)
+            found.unlink(missing_ok=True)
 
     def _verifies(self, entry: dict[str, Any]) -> bool:
         for f in entry.get("files", {}).values():
@@ -155,7 +212,6 @@ class OutputFolder:
         for name, a in arrays.items():
             if a.shape[0] != shard.rows:
                 raise BatchError(f"shard {shard.index}: output {name!r} has {a.shape[0]} rows, expected {shard.rows}")
-        self.path.mkdir(parents=True, exist_ok=True)
         if self.fmt == "npy":
             blobs = {name: (f"{shard.stem}.{name}.npy", encode_npy(a)) for name, a in arrays.items()}
         elif self.fmt == "png":
@@ -164,7 +220,10 @@ class OutputFolder:
             blobs = {"table": (f"{shard.stem}.parquet", encode_parquet(shard, arrays))}
         files = {}
         for key, (fname, data) in blobs.items():
-            atomic_write(self.path / fname, data)
+            try:
+                atomic_write(self.path / fname, data)
+            except OSError as e:
+                raise write_failed(e, f"shard {shard.index} ({fname})", self.path) from None
             files[key] = {"path": fname, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         entry = {
             "index": shard.index, "start": shard.start, "stop": shard.stop, "rows": shard.rows,
@@ -173,10 +232,13 @@ class OutputFolder:
         }
         if not self.manifest_path.is_file():  # a new folder: the job's identity goes in first
             self._save(complete=False)
-        with self.journal_path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with self.journal_path.open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a torn line is skipped on resume: the shard is recomputed
+            raise write_failed(e, f"the journal entry of shard {shard.index}", self.path) from None
         self.shards[shard.index] = entry
 
     def _png_blobs(self, shard: Shard, arrays: dict[str, np.ndarray]) -> dict[str, tuple[str, bytes]]:
@@ -210,8 +272,10 @@ class OutputFolder:
                                      "as diffusers' VaeImageProcessor.postprocess"}
         if summary is not None:
             doc["summary"] = summary
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.manifest_path, (json.dumps(doc, indent=1) + "\n").encode())
+        try:
+            atomic_write(self.manifest_path, (json.dumps(doc, indent=1) + "\n").encode())
+        except OSError as e:  # the old manifest and the journal stay: nothing recorded is lost
+            raise write_failed(e, MANIFEST, self.path) from None
         self.journal_path.unlink(missing_ok=True)  # everything in it is in the manifest now
 
 
@@ -235,11 +299,15 @@ def recorded_shards(out: str | Path) -> list[dict[str, Any]]:
     """The shards a job (running, stopped or finished) has recorded so far, by index, without
     checking files: for watching a job's progress from outside."""
     folder = Path(out)
+    found = find_manifest(folder)
     try:
-        doc = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
+        doc = _read_manifest(found) if found else {}
+    except (OSError, ValueError, VaeDeployError):
         return []
-    by_index = {int(e["index"]): e for e in [*doc.get("shards", []), *_journal_entries(folder / JOURNAL)]}
+    if not found:
+        return []
+    journal = folder / (JOURNAL if found.name == MANIFEST else LEGACY_JOURNAL)
+    by_index = {int(e["index"]): e for e in [*doc.get("shards", []), *_journal_entries(journal)]}
     return [by_index[k] for k in sorted(by_index)]
 
 
@@ -247,9 +315,12 @@ def read_outputs(out: str | Path, *, verify: bool = True) -> dict[str, np.ndarra
     """A finished job's outputs, shards concatenated in order (checksums checked): what a
     consumer of ``OUT`` does, and how the tests compare jobs."""
     folder = Path(out)
+    found = find_manifest(folder)
     try:
-        doc = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
+        if found is None:
+            raise FileNotFoundError(f"no {MANIFEST} (nor {LEGACY_MANIFEST})")
+        doc = _read_manifest(found)
+    except (OSError, ValueError, VaeDeployError) as e:
         raise BatchError(f"{str(folder)!r} has no readable {MANIFEST}: {e}") from None
     if not doc.get("complete"):
         raise BatchError(f"the batch job in {str(folder)!r} has not finished (rerun it to resume)")

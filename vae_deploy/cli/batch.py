@@ -13,7 +13,18 @@ from typing import Any
 
 import click
 
-from vae_deploy.cli.options import friendly_errors, latent_options
+from vae_deploy.cli.options import (
+    BATCH_SIZE,
+    SAMPLES,
+    SEED,
+    SHARD_ROWS,
+    THREADS,
+    WORKERS,
+    FiniteFloatRange,
+    friendly_errors,
+    latent_options,
+    out_folder,
+)
 
 
 def _runtime_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -33,31 +44,31 @@ def _runtime_option(ctx: click.Context, param: click.Parameter, values: tuple[st
 def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """What every batch command shares: output, sharding, workers, Runtime options."""
     options = [
-        click.option("--out", type=click.Path(path_type=Path), required=True,
-                     help="Output folder: shards + manifest.json. Rerunning into it resumes the job."),
+        click.option("--out", type=click.Path(path_type=Path), required=True, callback=out_folder,
+                     help="Output folder: shards + _manifest.json (one job at a time: OUT/.lock). Rerunning into it resumes the job."),
         click.option("--format", "fmt", type=click.Choice(["npy", "parquet", "png"]), default="npy", show_default=True,
                      help="png (decode/sample): one image per row, as diffusers' VaeImageProcessor makes it."),
-        click.option("--shard-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+        click.option("--shard-rows", type=SHARD_ROWS, default=4096, show_default=True,
                      help="Rows per output shard (the unit of work, retry and resume)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True,
+        click.option("--batch-size", type=BATCH_SIZE, default=256, show_default=True,
                      help="Rows per Runtime call inside a shard."),
-        click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+        click.option("--workers", type=WORKERS, default=1, show_default=True,
                      help="Ray workers (actors, one Runtime each); 1 without --ray-address runs in this process."),
         click.option("--ray-address", default=None, metavar="auto|HOST:PORT",
                      help="Join this Ray cluster (default with --workers > 1: start a local one)."),
-        click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+        click.option("--cpus-per-worker", type=FiniteFloatRange(0.01, 4096), default=1.0, show_default=True,
                      help="Ray CPUs reserved per worker; also its onnxruntime threads unless --threads."),
-        click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0, show_default=True,
+        click.option("--gpus-per-worker", type=FiniteFloatRange(0, 1024), default=0.0, show_default=True,
                      help="Ray GPUs reserved per worker (e.g. 1 with --provider cuda; 0.5 shares a GPU)."),
         click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default=None,
                      help="onnxruntime execution provider (default: the Runtime's, auto)."),
         click.option("--precision", default=None, help="Export precision variant (default fp32)."),
         click.option("--engine", default=None, help="Runtime engine, passed to Runtime.load(engine=...)."),
-        click.option("--threads", type=click.IntRange(min=1), default=None, help="onnxruntime intra-op threads."),
+        click.option("--threads", type=THREADS, default=None, help="onnxruntime intra-op threads."),
         click.option("--runtime-option", "runtime_extra", multiple=True, callback=_runtime_option,
                      metavar="KEY=VALUE", help="Any other Runtime.load option (repeatable)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
-        click.option("--shard-delay", type=click.FloatRange(min=0), default=0.0, hidden=True,
+        click.option("--shard-delay", type=FiniteFloatRange(0, 60), default=0.0, hidden=True,
                      help="Test hook: seconds each worker sleeps per shard."),
     ]
     for option in reversed(options):
@@ -70,7 +81,8 @@ def _run(task: str, export_dir: Path, *, provider: str | None, precision: str | 
     """Runtime options are gathered into one dict for Runtime.load; the rest go to run_batch as named."""
     from vae_deploy.batch import run_batch
 
-    opts = {**runtime_extra, "provider": provider, "precision": precision, "engine": engine, "threads": threads}
+    named = {"provider": provider, "precision": precision, "engine": engine, "threads": threads}
+    opts = {**runtime_extra, **{k: v for k, v in named.items() if v is not None}}  # a named flag wins when given
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices (a worker died, ...) stay off stdout
         summary = run_batch(task, export_dir, runtime_options=opts, progress=_progress_printer(),
                             shard_delay_s=shard_delay, **kw)
@@ -130,8 +142,8 @@ def decode(export_dir: Path, input_path: Path, **kw: Any) -> None:
 
 @batch.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("-n", "--n", "n", type=SAMPLES, required=True, help="Number of samples.")
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Global seed (>= 0); shard k draws from SeedSequence(seed).spawn()[k], whatever the workers.")
 @job_options
 @friendly_errors

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import check_writable, friendly_errors, ints
+from vae_deploy.cli.options import ROUNDS, THREADS, check_writable, friendly_errors, ints, out_folder
 
 
 @click.command()
@@ -17,12 +17,13 @@ from vae_deploy.cli.options import check_writable, friendly_errors, ints
                    "(default: every one that runs here).")
 @click.option("--batch-sizes", callback=ints, default=None, help="e.g. 1,8,64,512 (quick: 1,8).")
 @click.option("--ops", default="sample,encode", show_default=True, help="sample, encode or both.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/results"), show_default=True,
+              callback=out_folder)
 @click.option("--quick", is_flag=True, help="Seconds-long smoke run (few rounds, small batches).")
 @click.option("--reference-models/--no-reference-models", default=None,
               help="Also measure the seeded reference architectures [default: on; off with --quick].")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch and onnxruntime intra-op threads.")
-@click.option("--rounds", type=click.IntRange(min=1), default=None, help="Interleaved timing rounds per cell.")
+@click.option("--threads", type=THREADS, default=None, help="torch and onnxruntime intra-op threads.")
+@click.option("--rounds", type=ROUNDS, default=None, help="Interleaved timing rounds per cell.")
 @click.option("--batcher/--no-batcher", default=True, show_default=True, help="Measure the micro-batcher.")
 @click.option("--engine", type=click.Choice(["all", "onnxruntime", "openvino"]), default="all", show_default=True,
               help="Which engines' rows to measure (eager and the torch peers are always measured).")
@@ -30,7 +31,7 @@ from vae_deploy.cli.options import check_writable, friendly_errors, ints
               help="Time torch.compile as a peer [default: on; off with --quick].")
 @click.option("--sd/--no-sd", "sd_model", default=True, show_default=True,
               help="With the reference models: the SD-architecture AutoencoderKL (needs diffusers).")
-@click.option("--sd-rounds", type=click.IntRange(min=1), default=None,
+@click.option("--sd-rounds", type=ROUNDS, default=None,
               help="Rounds for the SD model (seconds per call) [default: 3].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the reference models' exports are kept, keyed by a hash of their config "

@@ -12,6 +12,7 @@ from vae_deploy.cli.options import (
     friendly_errors,
     json_option,
     model_source,
+    out_folder,
     precisions_option,
     to_stdout,
     user_model_options,
@@ -22,10 +23,11 @@ from vae_deploy.cli.options import (
 @click.command()
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @user_model_options
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True,
+              callback=out_folder)
 @click.option("--format", "formats", default="onnx,torchscript", show_default=True, callback=formats_option,
               help="Comma-separated: onnx, torchscript.")
-@click.option("--opset", type=click.IntRange(min=14), default=18, show_default=True)
+@click.option("--opset", type=click.IntRange(14, 99), default=18, show_default=True)
 @click.option("--precision", "precisions", default="fp32", show_default=True, callback=precisions_option,
               help="Comma-separated ONNX variants to write: fp32 (always), fp32-fast (exact CPU rewrite), "
                    "int8, fp16 (for GPUs). E.g. fp32,fp32-fast,int8.")

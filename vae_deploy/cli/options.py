@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from vae_deploy.errors import VaeDeployError
+from vae_deploy.limits import max_threads
 
 
 def extra_error(e: ModuleNotFoundError, command: str | None) -> click.ClickException | None:
@@ -52,6 +53,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if err is None:
                 raise
             raise err from None
+        except OSError as e:  # the disk filled, a file vanished, permission lost mid-run: one line
+            where = f" ({e.filename!r})" if e.filename else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
         except MemoryError as e:
             raise click.ClickException(f"out of memory ({e or 'allocation failed'}): ask for fewer examples "
                                        "(-n, --batch-sizes) or a smaller model") from None
@@ -62,7 +66,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 def json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--json PATH``: the machine-readable result; ``--json -`` writes it to standard output."""
     return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-                        default=None, metavar="PATH",
+                        default=None, metavar="PATH", callback=out_file,
                         help="Write the result as JSON to PATH ('-': standard output).")(fn)
 
 
@@ -90,26 +94,106 @@ def to_stdout(path: Path | None) -> bool:
 MAX_BATCH_SIZE = 1 << 20
 
 
+# --- numeric option types: one per kind of number, shared by every command ---------------------
+# Each range is enforced by click's parser (a usage error, exit 2) and shown in --help.
+
+
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and infinities (its comparisons let NaN pass)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+MAX_SEED = 2**63 - 1
+THREADS = click.IntRange(1, max_threads())  # 4 per core, at most 256
+SEED = click.IntRange(0, MAX_SEED)
+BATCH_SIZE = click.IntRange(1, MAX_BATCH_SIZE)
+PORT = click.IntRange(1, 65535)
+ROUNDS = click.IntRange(1, 10_000)
+SAMPLES = click.IntRange(1, 1 << 40)  # batch sample -n: shards are written as they come
+SHARD_ROWS = click.IntRange(1, 1 << 24)
+TILE = click.IntRange(1, 1 << 16)
+WORKERS = click.IntRange(1, 4096)
+LATENT_DIM = click.IntRange(1, 1 << 16)
+EPOCHS = click.IntRange(1, 1_000_000)
+INSTANCES = click.IntRange(1, 256)
+DELAY_US = click.IntRange(0, 10_000_000)  # micro-batcher queue delay: at most 10 s
+SECONDS = FiniteFloatRange(0, 86_400, min_open=True)  # a time budget: at most a day
+
+
 def check_writable(path: Path | None, flag: str, *, folder: bool = False) -> None:
     """Fail now, not after a long run, when ``path`` cannot be written: a parent that is a
-    file, a folder where a file is expected (or the reverse), or no write permission."""
-    if path is None:
+    file, a folder where a file is expected (or the reverse), a name too long, or a place where
+    nothing can be created (probed by creating and removing a file in the nearest existing
+    folder: ``os.access`` says yes to root on read-only places such as /proc)."""
+    if path is None or str(path) == "-":
         return
-    if path.exists():
+    import errno
+
+    def bad(why: str) -> click.BadParameter:
+        return click.BadParameter(why, param_hint=flag)
+
+    long_part = next((part for part in path.parts if len(os.fsencode(part)) > 255), None)
+    if long_part is not None:
+        raise bad(f"cannot create {str(path)!r}: {os.strerror(errno.ENAMETOOLONG)} ({len(long_part)} characters "
+                  "in one name; at most 255)")
+    try:
+        exists = path.exists()
+    except OSError as e:  # ENAMETOOLONG, ELOOP, ...
+        raise bad(f"cannot use {str(path)!r}: {e.strerror}") from None
+    if exists:
         if folder != path.is_dir():
-            raise click.BadParameter(f"{str(path)!r} is {'a file' if folder else 'a folder'}; expected a "
-                                     f"{'folder' if folder else 'file'} path", param_hint=flag)
+            raise bad(f"{str(path)!r} is {'a file' if folder else 'a folder'}; expected a "
+                      f"{'folder' if folder else 'file'} path")
         if not os.access(path, os.W_OK):
-            raise click.BadParameter(f"{str(path)!r} is not writable", param_hint=flag)
+            raise bad(f"{str(path)!r} is not writable")
+        if folder:
+            _probe(path, path, bad)
         return
     parent = path.absolute().parent
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise click.BadParameter(f"cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder",
-                                 param_hint=flag)
+        raise bad(f"cannot create {str(path)!r}: {str(parent)!r} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"cannot create {str(path)!r}: {str(parent)!r} is not writable", param_hint=flag)
+        raise bad(f"cannot create {str(path)!r}: {str(parent)!r} is not writable")
+    _probe(parent, path, bad)
+
+
+def _probe(where: Path, target: Path, bad: Callable[[str], click.BadParameter]) -> None:
+    """Create and remove a hidden file in ``where``: the one test of writability that root's
+    ``os.access`` cannot fool."""
+    import tempfile
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".vae-deploy-probe-", dir=where)
+    except OSError as e:
+        raise bad(f"cannot create {str(target)!r}: nothing can be created in {str(where)!r} "
+                  f"({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def out_file(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Callback for an output file option (``--out``, ``--grid``, ``--json``; '-' passes): checked
+    while the command line is parsed, before any work."""
+    check_writable(value, _flag(param))
+    return value
+
+
+def out_folder(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Callback for an output folder option: checked while the command line is parsed."""
+    check_writable(value, _flag(param), folder=True)
+    return value
+
+
+def _flag(param: click.Parameter) -> str:
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("--")]
+    return opts[0] if opts else (param.name or "?")
 
 
 def check_memory(nbytes: int, what: str, flag: str | None = None) -> None:
@@ -139,6 +223,8 @@ def ints(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
         raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
     if not out or any(v < 1 for v in out):
         raise click.BadParameter(f"expected positive integers, got {value!r}")
+    if max(out) > 1 << 20:  # a width, size or batch past this is a typo: refused before any allocation
+        raise click.BadParameter(f"expected integers of at most {1 << 20}, got {max(out)}")
     if param is not None and param.name in ("batch_sizes",) and max(out) > MAX_BATCH_SIZE:
         raise click.BadParameter(f"batch sizes must be at most {MAX_BATCH_SIZE}, got {max(out)}")
     return out
@@ -163,7 +249,7 @@ def user_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      help="With --model: a state dict file (torch.save(model.state_dict(), path), or .safetensors)."),
         click.option("--input-shape", callback=ints, default=None,
                      help="With --model: per-example input shape, e.g. 3,32,32 or 784 (default: inferred)."),
-        click.option("--latent-dim", type=click.IntRange(min=1), default=None,
+        click.option("--latent-dim", type=LATENT_DIM, default=None,
                      help="With --model: passed to the factory as latent_dim= when it takes one; checked "
                           "against the latent's first axis."),
         click.option("--likelihood", type=click.Choice(["unknown", "gaussian", "bernoulli"]), default=None,
@@ -330,7 +416,7 @@ def budget_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--max-error/--fp32-only: the accuracy budget of ``tune`` and of ``--engine auto`` (the same
     rule, ``tolerance.budget_accepts``; the tuning file keeps one record per budget)."""
     options = [
-        click.option("--max-error", type=click.FloatRange(min=0), default=None, callback=_stash_budget,
+        click.option("--max-error", type=FiniteFloatRange(min=0), default=None, callback=_stash_budget,
                      help="Accuracy budget: any variant (int8 included) whose max abs decoder error vs fp32 is "
                           "at most this. Default budget: exact variants, and bf16/fp16 within 2% of the output "
                           "range and 1 level of 8 bits (see docs/tune.md)."),

@@ -13,12 +13,16 @@ import click
 import numpy as np
 
 from vae_deploy.cli.options import (
+    SAMPLES,
+    SEED,
+    TILE,
     check_memory,
-    check_writable,
     engine_options,
     friendly_errors,
     ints,
     latent_layout_options,
+    out_file,
+    out_folder,
     runtime_kwargs,
 )
 
@@ -28,15 +32,17 @@ TILE_HELP = ("Decode (and encode) in overlapping latent tiles of this size, diff
 
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("-n", "--n", "n", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Non-negative integer (default: fresh entropy).")
+@click.option("-n", "--n", "n", type=SAMPLES, default=64, show_default=True)
+@click.option("--seed", type=SEED, default=None, help="Non-negative integer (default: fresh entropy).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write samples as .npy.")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a PNG grid.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
+              help="Write samples as .npy.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
+              help="Write a PNG grid.")
 @click.option("--latent-shape", callback=ints, default=None,
               help="Per-example latent shape for a dynamic-size export, e.g. 4,128,128 (default: the export's example).")
-@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
+@click.option("--tile", type=TILE, default=None, help=TILE_HELP)
 @friendly_errors
 def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: str, precision: str, force_bf16: bool,
            tuning_file: Path | None, out: Path | None, grid: Path | None, latent_shape: tuple[int, ...] | None,
@@ -47,8 +53,6 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
     from vae_deploy.images import save_grid, save_npy
     from vae_deploy.runtime import Runtime
 
-    check_writable(out, "--out")
-    check_writable(grid, "--grid")
     rt = Runtime.load(export_dir, provider=provider,
                       **runtime_kwargs(engine, precision, force_bf16, tuning_file, latent_shape))
     shape = rt.sample_latent_shape(latent_shape)
@@ -69,11 +73,12 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
 @click.option("--sample/--mean", "stochastic", default=False, help="Decode a posterior sample instead of the mean.")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Non-negative integer (default: fresh entropy).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write .npy.")
-@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--seed", type=SEED, default=None, help="Non-negative integer (default: fresh entropy).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
+              help="Write .npy.")
+@click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=out_file,
               help="PNG: the inputs (captioned 'input') above their reconstructions.")
-@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
+@click.option("--tile", type=TILE, default=None, help=TILE_HELP)
 @friendly_errors
 def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, precision: str, force_bf16: bool,
                 tuning_file: Path | None, stochastic: bool, seed: int | None,
@@ -85,8 +90,6 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, prec
     from vae_deploy.images import save_labelled_grid, save_npy
     from vae_deploy.runtime import Runtime
 
-    check_writable(out, "--out")
-    check_writable(grid, "--grid")
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
     x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli", min_examples=1)
     if x.shape[1:] != rt.input_shape and x.ndim == 2 and x.shape[1] == int(np.prod(rt.input_shape)):
@@ -149,7 +152,7 @@ def load_latents(path: Path) -> np.ndarray:
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.argument("latents_file", metavar="LATENTS", type=click.Path(exists=True, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, callback=out_folder,
               help="A new or empty folder: one PNG per latent, 00000.png, 00001.png, ...")
 @click.option("--latents", "scale", type=click.Choice(["raw", "scaled"]), default="raw", show_default=True,
               help="raw: the VAE's own latents; scaled: a pipeline's output_type='latent', normalised as the "
@@ -159,7 +162,7 @@ def load_latents(path: Path) -> np.ndarray:
               help="The decoder output's range mapped to 0..255 (default: the one the export declares).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @engine_options
-@click.option("--tile", type=click.IntRange(min=1), default=None, help=TILE_HELP)
+@click.option("--tile", type=TILE, default=None, help=TILE_HELP)
 @friendly_errors
 def decode(export_dir: Path, latents_file: Path, out: Path, scale: str, output_range: tuple[float, float] | None,
            provider: str, engine: str, precision: str, force_bf16: bool, tuning_file: Path | None,
@@ -169,7 +172,6 @@ def decode(export_dir: Path, latents_file: Path, out: Path, scale: str, output_r
     from vae_deploy.images import resolve_output_range, save_pngs, to_uint8
     from vae_deploy.runtime import Runtime
 
-    check_writable(out, "--out", folder=True)
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {str(out)!r} is not empty: expected a new or empty folder (nothing was written)")
     z = load_latents(latents_file)

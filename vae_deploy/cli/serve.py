@@ -7,18 +7,27 @@ from typing import Any
 
 import click
 
-from vae_deploy.cli.options import budget_options, friendly_errors, runtime_kwargs
+from vae_deploy.cli.options import (
+    BATCH_SIZE,
+    DELAY_US,
+    INSTANCES,
+    PORT,
+    budget_options,
+    friendly_errors,
+    out_folder,
+    runtime_kwargs,
+)
 
 
 @click.command("triton-repo")
 @click.argument("export_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"),
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("triton_repo"), callback=out_folder,
               show_default=True)
-@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--max-batch", type=BATCH_SIZE, default=256, show_default=True)
+@click.option("--instances", type=INSTANCES, default=1, show_default=True,
               help="Model instances per device (instance_group count).")
 @click.option("--kind", type=click.Choice(["cpu", "gpu"]), default="gpu", show_default=True)
-@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True,
+@click.option("--max-delay-us", type=DELAY_US, default=100, show_default=True,
               help="Dynamic batching: longest a request waits for others to join its batch.")
 @click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone.")
 @friendly_errors
@@ -37,11 +46,11 @@ def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kin
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
-@click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
-@click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
-@click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
-@click.option("--max-batch", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--max-delay-us", type=click.IntRange(min=0), default=100, show_default=True)
+@click.option("--http-port", type=PORT, default=8000, show_default=True)
+@click.option("--grpc-port", type=PORT, default=8001, show_default=True)
+@click.option("--metrics-port", type=PORT, default=8002, show_default=True)
+@click.option("--max-batch", type=BATCH_SIZE, default=256, show_default=True)
+@click.option("--max-delay-us", type=DELAY_US, default=100, show_default=True)
 @click.option("--no-dynamic-batching", is_flag=True, help="Run each request alone (for comparison).")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--engine", type=click.Choice(["onnxruntime", "openvino", "auto"]), default="onnxruntime",

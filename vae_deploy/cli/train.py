@@ -8,7 +8,22 @@ from typing import Any
 
 import click
 
-from vae_deploy.cli.options import check_writable, friendly_errors, ints, json_option, to_stdout, write_json
+from vae_deploy.cli.options import (
+    BATCH_SIZE,
+    EPOCHS,
+    LATENT_DIM,
+    SEED,
+    THREADS,
+    FiniteFloatRange,
+    check_writable,
+    friendly_errors,
+    ints,
+    json_option,
+    out_file,
+    out_folder,
+    to_stdout,
+    write_json,
+)
 
 # Options that define the model, the data or the optimisation: a resumed run takes them from
 # the checkpoint, so giving one with --resume is a mistake worth a clear error.
@@ -33,33 +48,35 @@ def _image_size(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default=None,
               help="4-D arrays: channels-first or channels-last (default: detected; ambiguous shapes ask for it).")
 @click.option("--family", type=click.Choice(["mlp", "conv"]), default="mlp", show_default=True)
-@click.option("--latent-dim", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--latent-dim", type=LATENT_DIM, default=8, show_default=True)
 @click.option("--hidden", callback=ints, default=None, help="Layer widths, e.g. 256 (mlp) or 32,64,256 (conv).")
 @click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), default="bernoulli", show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=300, show_default=True,
+@click.option("--epochs", type=EPOCHS, default=300, show_default=True,
               help="Total epochs (with --resume: including the checkpoint's).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--beta", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--kl-warmup", type=click.IntRange(min=0), default=0, show_default=True, help="KL warm-up epochs.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
+@click.option("--batch-size", type=BATCH_SIZE, default=128, show_default=True)
+@click.option("--lr", type=FiniteFloatRange(0, 10, min_open=True), default=1e-3, show_default=True)
+@click.option("--beta", type=FiniteFloatRange(0, 1e6), default=1.0, show_default=True)
+@click.option("--kl-warmup", type=click.IntRange(0, 1_000_000), default=0, show_default=True, help="KL warm-up epochs.")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--test-fraction", type=FiniteFloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
 @click.option("--keep", type=click.Choice(["last", "best"]), default="last", show_default=True,
               help="Checkpoint the last epoch's weights, or the epoch with the lowest test -ELBO.")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
+@click.option("--patience", type=EPOCHS, default=None,
               help="Stop when the test -ELBO has not improved for this many epochs.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
+@click.option("--threads", type=THREADS, default=None,
               help="CPU threads for torch (default: torch's choice; fewer is steadier on a busy machine).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--resume", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Continue a checkpoint's training up to --epochs (same result as one uninterrupted run).")
 @click.option("--tensorboard", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              callback=out_folder,
               help="Write TensorBoard scalars and image grids here (the tensorboard extra).")
-@click.option("--image-every", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--image-every", type=EPOCHS, default=10, show_default=True,
               help="With --tensorboard: sample and reconstruction grids every this many epochs (and at the end).")
 @click.option("--log-csv", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="Write one CSV row of metrics per epoch.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("runs/ckpt.pt"), show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("runs/ckpt.pt"), show_default=True,
+              callback=out_file)
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 @json_option
 @click.pass_context

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import budget_options, friendly_errors, ints
+from vae_deploy.cli.options import ROUNDS, THREADS, budget_options, friendly_errors, ints
 
 
 @click.command()
@@ -16,8 +16,8 @@ from vae_deploy.cli.options import budget_options, friendly_errors, ints
 @click.option("--latent-shape", callback=ints, default=None,
               help="Tune at the size you decode, e.g. 4,64,64 for 512 px Stable Diffusion images (default: the "
                    "export's example latent shape). Records are kept per shape.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads (part of the key).")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--threads", type=THREADS, default=None, help="Intra-op threads (part of the key).")
+@click.option("--rounds", type=ROUNDS, default=5, show_default=True)
 @click.option("--tuning-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to record (default: $XDG_CACHE_HOME/vae-deploy/tuning.json).")
 @friendly_errors

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from vae_deploy.cli.options import (
+    SECONDS,
     check_writable,
     finite_nonneg,
     friendly_errors,
@@ -29,7 +30,7 @@ from vae_deploy.cli.options import (
 @click.option("--batch-sizes", callback=ints, default=None,
               help="Comma-separated batch sizes (default: those of 1,7,64,257 that the model's cost affords within "
                    "--time-budget).")
-@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--time-budget", type=SECONDS, default=None,
               help="Seconds of parity work per backend the default batch sizes are sized to (default 20).")
 @click.option("--strict-edges", is_flag=True,
               help="Fail on constant-input edge cases too (by default, on GroupNorm models whose real-data cases "

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from vae_deploy.cli.options import friendly_errors
+from vae_deploy.cli.options import friendly_errors, out_folder
 
 
 @click.command()
 @click.argument("export_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("site"), show_default=True,
+              callback=out_folder,
               help="Folder to write: new, empty, a previous site (only its own files are replaced) or a "
                    "folder of a few plain files (kept).")
 @click.option("--ort-dist", type=click.Path(file_okay=False, path_type=Path), default=None,

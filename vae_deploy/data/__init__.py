@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vae_deploy.artifacts import file_sha256
 from vae_deploy.data.arrays import LAYOUTS, load_array_file, resolve_layout, validate_array
 from vae_deploy.data.bundled import (
@@ -57,7 +59,9 @@ def load_dataset(
     elif path.is_dir():
         if layout is not None:
             raise DataError("--layout applies to .npy/.npz arrays, not to an image folder (always read as NCHW)")
-        arr = load_image_folder(path, image_size=image_size, channels=channels)
+        arr = load_image_folder(path, image_size=image_size, channels=channels, notes=notes)
+        if arr.dtype == np.uint16:  # 16-bit images: float32 in [0, 1] (training scales only uint8 itself)
+            arr = to_float(arr)
         sha, channels = folder_sha256(path), int(arr.shape[1])
         image_size = (int(arr.shape[2]), int(arr.shape[3]))
     elif path.suffix in (".npy", ".npz") or path.exists():

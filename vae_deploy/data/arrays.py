@@ -53,6 +53,78 @@ def npz_key(keys: list[str], source: str) -> str:
     raise DataError(f"{source}: expected an array named 'x' or a single array, found {keys}")
 
 
+def physical_memory() -> int | None:
+    try:
+        import os
+
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _declared(f, source: str) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data bytes) from an open ``.npy`` stream's header, nothing more read."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = reader(f)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{source} is not a .npy array (its header: {e})") from None
+    if dtype.hasobject:
+        raise DataError(f"{source} holds pickled objects (dtype {dtype}); expected a numeric array")
+    return tuple(shape), dtype, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
+def check_array_file(path: str | Path, *, in_memory: bool = True) -> None:
+    """Before loading: a regular file under the array size limit whose ``.npy`` header(s)
+    declare no more data than the file holds (a truncated file) and, when it is to be loaded
+    into memory, no more than this machine's memory (an ``.npz`` member decompresses to its
+    declared size, so a small archive can claim terabytes)."""
+    import zipfile
+
+    from vae_deploy.errors import InputError
+    from vae_deploy.files import check_user_file
+
+    p = Path(path)
+    try:
+        check_user_file(p, "array")
+    except InputError as e:
+        raise DataError(str(e)) from None
+    memory = physical_memory() if in_memory else None
+    members: list[tuple[str, int | None]] = []  # (source, bytes available for the data or None)
+    declared: list[tuple[str, int]] = []
+    if p.suffix == ".npz":
+        try:
+            with zipfile.ZipFile(p) as z:
+                for info in z.infolist():
+                    if not info.filename.endswith(".npy"):
+                        continue
+                    source = f"{str(p)!r} member {info.filename!r}"
+                    with z.open(info) as f:
+                        shape, dtype, nbytes = _declared(f, source)
+                        avail = info.file_size - f.tell()
+                    members.append((source, avail))
+                    declared.append((source, nbytes))
+        except zipfile.BadZipFile as e:
+            raise DataError(f"{str(p)!r} is not a .npz archive: {e}") from None
+    else:
+        with p.open("rb") as f:
+            shape, dtype, nbytes = _declared(f, repr(str(p)))
+            avail = p.stat().st_size - f.tell()
+        members.append((repr(str(p)), avail))
+        declared.append((repr(str(p)), nbytes))
+    for (source, avail), (_, nbytes) in zip(members, declared):
+        if memory is not None and nbytes > memory:
+            raise DataError(f"{source} declares {nbytes:,} bytes of data, more than this machine's {memory:,} bytes "
+                            "of memory")
+        if avail is not None and nbytes > avail:
+            raise DataError(f"{source} is truncated: its header declares {nbytes:,} bytes of data, the file holds "
+                            f"{avail:,}")
+
+
 def load_array_file(
     path: str | Path, *, bernoulli: bool = True, layout: str | None = None, keep_uint8: bool = False,
     notes: list[str] | None = None, min_examples: int = 2,
@@ -63,6 +135,7 @@ def load_array_file(
         raise DataError(f"data file {str(p)!r} does not exist (expected a .npy or .npz array file)")
     if p.suffix not in (".npy", ".npz"):
         raise DataError(f"data file {str(p)!r}: expected a .npy or .npz file, got suffix {p.suffix!r}")
+    check_array_file(p)
     try:
         loaded = np.load(p, allow_pickle=False)
     except ValueError as e:  # object arrays need pickle: refused

@@ -37,9 +37,12 @@ class DataSpec:
 
 
 def to_float(x: np.ndarray) -> np.ndarray:
-    """float32 in [0, 1] for ``uint8`` (scaled by 1/255), float32 as stored otherwise."""
+    """float32 in [0, 1] for ``uint8`` (scaled by 1/255) and ``uint16`` (by 1/65535), float32 as
+    stored otherwise."""
     if x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255.0)
+    if x.dtype == np.uint16:
+        return x.astype(np.float32) / np.float32(65535.0)
     return np.asarray(x, dtype=np.float32)
 
 
