@@ -51,12 +51,14 @@ def sd_folder(cache_dir: Path) -> Path:
 
     from vae_deploy import __version__
 
-    key = json.dumps([SD_CONFIG, SD_SEED, torch.__version__, ort.__version__, __version__], sort_keys=True)
+    key = json.dumps([SD_CONFIG, SD_SEED, "dynamic-spatial", torch.__version__, ort.__version__, __version__],
+                     sort_keys=True)
     return cache_dir / f"{SD_NAME}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def prepare_sd(cache_dir: Path, log: Callable[[str], None] | None = None) -> BenchModel:
-    """Export once (ONNX only, fixed 256x256, no parity pass: the bench checks parity itself)."""
+    """Export once (ONNX only, dynamic height/width so one file serves 256, 512 and tiled 1024 px;
+    no parity pass: the bench checks parity itself)."""
     import torch
 
     from vae_deploy.adapters import from_module
@@ -64,7 +66,7 @@ def prepare_sd(cache_dir: Path, log: Callable[[str], None] | None = None) -> Ben
 
     model = sd_model()
     example = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
-    ex = from_module(model, example, dynamic_spatial=False)
+    ex = from_module(model, example, dynamic_spatial=True)
     folder = sd_folder(cache_dir)
     manifest = cached_export(folder, lambda: export(ex, folder, formats=("onnx",), verify=False), log,
                              f"exporting {SD_NAME} into {folder} (once; a few minutes)")

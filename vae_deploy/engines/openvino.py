@@ -18,7 +18,7 @@ from vae_deploy.engines.base import Engine
 from vae_deploy.errors import ArtifactError, EngineError
 
 INSTALL_HINT = "pip install 'vae-deploy[openvino]'"
-HINTS = {"fp32": "f32", "fp32-fast": "f32", "int8": "f32", "fp16": "f32", "bf16": "bf16"}
+HINTS = {"fp32": "f32", "fp32-fast": "f32", "int8": "f32", "fp16": "f32", "bf16": "bf16", "fp32-winograd": "f32"}
 
 
 def import_openvino() -> Any:
