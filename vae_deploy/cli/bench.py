@@ -37,18 +37,22 @@ from vae_deploy.cli.options import check_writable, friendly_errors, ints
                    "[default: $XDG_CACHE_HOME/vae-deploy/bench-models].")
 @click.option("--compile-all", is_flag=True,
               help="torch.compile every reference model (default: ref-mlp28 and ref-conv28; minutes each on 2 cores).")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="An earlier report.json (same CPU class): exit 1 when a backend's speed-up vs eager falls below "
+                   "it by more than noise (the CI perf guard: make bench-guard).")
 @friendly_errors
 def bench(
     export_dir: Path | None, backends: str | None, batch_sizes: tuple[int, ...] | None, ops: str, out: Path,
     quick: bool, reference_models: bool | None, threads: int | None, rounds: int | None, batcher: bool,
     engine: str, torch_compile: bool | None, sd_model: bool, sd_rounds: int | None, cache_dir: Path | None,
-    compile_all: bool,
+    compile_all: bool, baseline: Path | None,
 ) -> None:
     """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
     from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
     from vae_deploy.bench.report import write_report
 
     check_writable(out, "--out", folder=True)
+    base_report = _load_baseline(baseline) if baseline else None  # before minutes of measuring
     if backends:
         _check_backend_patterns([b.strip() for b in backends.split(",") if b.strip()], export_dir)
     cfg = BenchConfig.make(
@@ -68,6 +72,36 @@ def bench(
         click.echo(PLOTS_SKIPPED, err=True)
     print_summary(report)
     click.echo(f"report: {paths['markdown']} ({report['duration_s']:.0f} s)")
+    if base_report is not None:
+        from vae_deploy.bench.guard import compare, describe
+
+        result = compare(report, base_report)
+        for line in describe(result):
+            click.echo(line, err=True)
+        click.echo(f"perf guard: {result['compared']} cells compared with {baseline}, "
+                   f"{len(result['regressions'])} regression(s)", err=True)
+        if result["regressions"]:
+            raise SystemExit(1)
+
+
+def _load_baseline(path: Path) -> dict:
+    """An earlier report.json, checked to be one before the run starts."""
+    import json
+
+    from vae_deploy.errors import ConfigError
+    from vae_deploy.files import read_user_text
+
+    try:
+        data = json.loads(read_user_text(path, "baseline report", max_bytes=256 << 20))
+    except FileNotFoundError:
+        raise ConfigError(f"--baseline {str(path)!r} does not exist; expected a report.json of an earlier "
+                          "vae-deploy bench run on this CPU class (make bench-guard-baseline records one)") from None
+    except ValueError as e:
+        raise ConfigError(f"--baseline {str(path)!r} is not JSON ({e}); expected a report.json of vae-deploy bench") from None
+    if not isinstance(data, dict) or data.get("schema", {}).get("name") != "vae-deploy-bench" or "cells" not in data:
+        raise ConfigError(f"--baseline {str(path)!r} is not a vae-deploy bench report (no schema 'vae-deploy-bench' "
+                          "with cells); expected the report.json an earlier run wrote")
+    return data
 
 
 def _check_backend_patterns(patterns: list[str], export_dir: Path | None) -> None:
