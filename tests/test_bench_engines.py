@@ -87,3 +87,23 @@ def test_plots_skipped_is_said(monkeypatch, tmp_path):
     monkeypatch.setattr("vae_deploy.bench.report.write_report", lambda r, out: {"markdown": out / "report.md"})
     res = CliRunner().invoke(main, ["bench", "--quick", "--no-reference-models", "--out", str(tmp_path)])
     assert PLOTS_SKIPPED in res.output, res.output
+
+
+def test_openvino_static_shapes_compile_per_shape_and_agree(exports):
+    """The static-shape lever: each batch size gets its own static compilation (bounded), and
+    every one computes what the dynamic graph computes."""
+    import numpy as np
+
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from vae_deploy.engines.openvino import MAX_STATIC, OpenVinoEngine
+
+    folder = exports["conv"]
+    dyn = OpenVinoEngine(folder / "encoder.onnx", folder / "decoder.onnx", threads=1)
+    st = OpenVinoEngine(folder / "encoder.onnx", folder / "decoder.onnx", threads=1, static_shapes=True)
+    latent = dyn.declared_input("decoder")
+    rng = np.random.default_rng(0)
+    for n in range(1, MAX_STATIC + 3):
+        z = rng.standard_normal((n, *latent), dtype=np.float32)
+        np.testing.assert_allclose(st.decode(z), dyn.decode(z), atol=1e-5)
+    assert len(st._static) == MAX_STATIC and ("decoder", (MAX_STATIC + 2, *latent)) in st._static
+    assert not dyn._static and st.describe()["static_shapes"] is True

@@ -114,6 +114,7 @@ def test_bad_tile_is_refused(tmp_path):
         winograd_rewrite(base, 3)
 
 
+@pytest.mark.slow  # a diffusers export plus parity: ~1-2 minutes on 2 loaded cores
 def test_export_writes_a_verified_winograd_variant_of_an_autoencoder_kl(tmp_path):
     """A tiny diffusers AutoencoderKL wide enough to rewrite: the variant is written, verified
     against eager at the fp32 tolerance, stated in the manifest, and loads in the Runtime."""

@@ -34,8 +34,8 @@ class BareSession:
         self.latent_shape = tuple(concrete_latent_shape(runtime))
         self.rng = np.random.default_rng()
 
-    def sample(self, n: int) -> np.ndarray:
-        z = self.rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
+    def sample(self, n: int, latent_shape: Any = None) -> np.ndarray:
+        z = self.rng.standard_normal((n, *(latent_shape or self.latent_shape)), dtype=np.float32)
         return self.dec.run(None, {self.z_name: z})[0]
 
     def encode(self, x: np.ndarray) -> list[np.ndarray]:
@@ -178,9 +178,12 @@ def op_supported(model: BenchModel, backend_name: str, op: str) -> str | None:
     return None
 
 
-def make_call(backend: Any, op: str, batch_size: int, x: np.ndarray | None) -> Callable[[], Any]:
+def make_call(backend: Any, op: str, batch_size: int, x: np.ndarray | None,
+              latent_shape: tuple[int, ...] | None = None) -> Callable[[], Any]:
     if op == "sample":
         sample = backend.sample
+        if latent_shape:  # a dynamic export sampled at another size than its example
+            return lambda: sample(batch_size, latent_shape=latent_shape)
         return lambda: sample(batch_size)
     encode = backend.encode
     return lambda: encode(x)

@@ -27,7 +27,7 @@ from vae_deploy.bench.models import (
     prepare_reference,
 )
 from vae_deploy.bench.overhead import profile_runtime_overhead
-from vae_deploy.bench.sd import SD_NAME, prepare_sd, sd_unavailable_reason
+from vae_deploy.bench.sd import SD_NAME, sd_models, sd_unavailable_reason
 from vae_deploy.bench.targets import evaluate_targets
 from vae_deploy.bench.timing import CpuMonitor, measure_ab, paired_ratio, time_group
 from vae_deploy.errors import ConfigError
@@ -77,7 +77,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                 skipped_models.append({"model": SD_NAME, "reason": why})
                 say(f"[{SD_NAME}] skipped: {why}")
             else:
-                models.append(prepare_sd(cache, log=say))
+                models.extend(sd_models(cache, cfg.sd_sizes, log=say))
     if not models:
         raise ConfigError("nothing to measure: give an export folder or enable the reference models")
     taken = set()
@@ -96,7 +96,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
         model.flops["decoder"] = onnx_flops(model.folder / "decoder.onnx", z_shape)
         model.flops["encoder"] = onnx_flops(model.folder / "encoder.onnx", x_shape)
         mcfg = cfg
-        if model.name == SD_NAME:  # seconds per call: few rounds, no time cap, no warm-up loop
+        if model.name.startswith(SD_NAME):  # seconds per call: few rounds, no time cap, no warm-up loop
             mcfg = dataclasses.replace(cfg, rounds=cfg.sd_rounds, min_rounds=min(cfg.min_rounds, cfg.sd_rounds),
                                        max_group_s=float("inf"), warmup_s=0.0)
         backends, skipped = build_backends(model, mcfg)
@@ -128,7 +128,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                         report["skipped"].append({"model": model.name, "backend": name, "op": op,
                                                   "batch_size": bs, "reason": why})
                         continue
-                    calls[name] = make_call(b, op, bs, x)
+                    calls[name] = make_call(b, op, bs, x, model.latent_shape)
                 res = time_group(calls, bs, mcfg, log=say)
                 eager_rounds = res.get(EAGER, {}).get("round_samples_per_s")
                 bare_rounds = res.get(BARE, {}).get("round_samples_per_s")
@@ -161,7 +161,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                 say(f"  [{klass}] {model.name} {op} bs {bs}: " + ", ".join(line))
         # The wrapper's per-call profile and the micro-batcher mean something only for fast calls:
         # on the SD decoder (seconds per call) they would run for hours.
-        fast_calls = model.name != SD_NAME
+        fast_calls = not model.name.startswith(SD_NAME)
         if ORT in backends and fast_calls:
             prof = profile_runtime_overhead(backends[ORT], calls=200 if cfg.quick else 2000,
                                             rounds=3 if cfg.quick else 15)

@@ -27,6 +27,7 @@ SD_DESCRIPTION = ("SD 1.x-architecture AutoencoderKL (diffusers; 128/256/512/512
                   "seeded random weights): decode 4x32x32 -> 3x256x256")
 SD_OPS = ("sample",)
 SD_BATCH_SIZES = (1,)
+SD_ENCODE_SIZE = 512  # the size whose row also times the encoder (issue #27: encode at 512 px)
 
 
 def sd_unavailable_reason() -> str | None:
@@ -73,3 +74,26 @@ def prepare_sd(cache_dir: Path, log: Callable[[str], None] | None = None) -> Ben
     return BenchModel(name=SD_NAME, folder=folder, description=SD_DESCRIPTION, kind="reference", manifest=manifest,
                       eager=(ex.encoder, ex.decoder), eager_note="diffusers eager, the same seeded random weights",
                       ops=SD_OPS, batch_sizes=SD_BATCH_SIZES)
+
+
+def sd_models(cache_dir: Path, sizes: tuple[int, ...] = (256, 512),
+              log: Callable[[str], None] | None = None) -> list[BenchModel]:
+    """One bench model per image side over the same dynamic export: ``ref-sd-vae`` (256 px, the
+    name earlier reports used) and ``ref-sd-vae-<size>`` for the others; the 512 px one also
+    encodes."""
+    import copy
+    import dataclasses
+
+    base = prepare_sd(cache_dir, log)
+    out = []
+    for size in sizes:
+        lat = (SD_CONFIG["latent_channels"], size // 8, size // 8)
+        manifest = copy.deepcopy(base.manifest)
+        manifest["model"]["example_latent_shape"] = list(lat)
+        manifest["model"]["example_input_shape"] = [3, size, size]
+        desc = base.description.replace("4x32x32 -> 3x256x256", f"{lat[0]}x{lat[1]}x{lat[2]} -> 3x{size}x{size}")
+        ops = ("sample", "encode") if size == SD_ENCODE_SIZE else SD_OPS
+        out.append(dataclasses.replace(base, name=SD_NAME if size == 256 else f"{SD_NAME}-{size}", manifest=manifest,
+                                       description=desc + (" (+ encode)" if "encode" in ops else ""), ops=ops,
+                                       latent_shape=lat, flops={}))
+    return out

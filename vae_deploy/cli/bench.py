@@ -30,6 +30,9 @@ from vae_deploy.cli.options import check_writable, friendly_errors, ints
               help="Time torch.compile as a peer [default: on; off with --quick].")
 @click.option("--sd/--no-sd", "sd_model", default=True, show_default=True,
               help="With the reference models: the SD-architecture AutoencoderKL (needs diffusers).")
+@click.option("--sd-sizes", callback=ints, default=None,
+              help="Image sides of the SD rows, multiples of 64 [default: 256,512; 512 also encodes]. Larger sizes "
+                   "take minutes per row (1024: ~16x the 256 px cost).")
 @click.option("--sd-rounds", type=click.IntRange(min=1), default=None,
               help="Rounds for the SD model (seconds per call) [default: 3].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -44,7 +47,7 @@ from vae_deploy.cli.options import check_writable, friendly_errors, ints
 def bench(
     export_dir: Path | None, backends: str | None, batch_sizes: tuple[int, ...] | None, ops: str, out: Path,
     quick: bool, reference_models: bool | None, threads: int | None, rounds: int | None, batcher: bool,
-    engine: str, torch_compile: bool | None, sd_model: bool, sd_rounds: int | None, cache_dir: Path | None,
+    engine: str, torch_compile: bool | None, sd_model: bool, sd_rounds: int | None, sd_sizes: tuple[int, ...] | None, cache_dir: Path | None,
     compile_all: bool, baseline: Path | None,
 ) -> None:
     """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
@@ -60,7 +63,7 @@ def bench(
         backends=tuple(b.strip() for b in backends.split(",") if b.strip()) if backends else None,
         ops=tuple(o.strip() for o in ops.split(",") if o.strip()), batcher=batcher,
         engines=None if engine == "all" else (engine,), torch_compile=torch_compile, sd_model=sd_model,
-        sd_rounds=sd_rounds, cache_dir=str(cache_dir) if cache_dir else None,
+        sd_rounds=sd_rounds, sd_sizes=sd_sizes, cache_dir=str(cache_dir) if cache_dir else None,
     )
     if compile_all:
         cfg.compile_models = None
