@@ -60,7 +60,8 @@ def test_each_size_is_its_own_row_and_backends_decode_at_it(tiny_sd, monkeypatch
             assert mu.shape == (1, 4, side // 2, side // 2)
         for b in backends.values():
             b.close()
-    assert flops[256] == pytest.approx(4 * flops[128], rel=1e-6)  # convolutions scale with the pixels
+    # convolutions scale with the pixels (4x), the mid-block attention faster (16x)
+    assert 4 * flops[128] < flops[256] < 16 * flops[128]
     assert tiny_sd.latent_shape is None and "example_latent_shape" not in tiny_sd.manifest["model"] or \
         tiny_sd.manifest["model"]["example_latent_shape"] == [4, 4, 4]  # the base model is not mutated
 
