@@ -96,3 +96,15 @@ def test_gemm_ceilings_measure_every_engine_here():
     ov = by[("openvino", "fp32")]
     assert ov["gflops"] > 0 or "not installed" in ov["error"]
     assert not [k for k in by if k[1] == "bf16"]  # bf16=False: none measured
+
+
+@pytest.mark.parametrize("cap, klass", [("AVX2", "avx2"), ("avx512_core", "avx512"), ("AVX512_CORE_BF16", "avx512-bf16"),
+                                        ("", None)])
+def test_onednn_isa_cap_hides_the_flags_above_it(monkeypatch, cap, klass):
+    import vae_deploy.engines.cpu as cpu
+
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("test cpu", frozenset(KEY_FLAGS)))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    flags = cpu.cpu_flags()
+    assert cpu.cpu_class(flags) == (klass or "amx")
+    assert cpu.native_bf16(flags) == (klass in ("avx512-bf16", None))

@@ -108,7 +108,12 @@ def gemm_ceilings(size: int = 2048, repeats: int = 5, threads: int | None = None
                                        "NUM_STREAMS": 1}
                 if threads:
                     cfg["INFERENCE_NUM_THREADS"] = int(threads)
-                req = core.compile_model(core.read_model(model, b""), "CPU", cfg).create_infer_request()
+                try:
+                    req = core.compile_model(core.read_model(model, b""), "CPU", cfg).create_infer_request()
+                except Exception as e:
+                    out.append({"engine": "openvino", "precision": precision, "gflops": None,
+                                "error": f"{type(e).__name__}: {str(e).splitlines()[-1] if str(e) else ''}"})
+                    continue
                 add("openvino", precision, lambda req=req: req.infer({0: a}, share_inputs=True))
     return out
 

@@ -36,10 +36,37 @@ def cpu_model() -> str:
     return _cpuinfo()[0]
 
 
+# ``ONEDNN_MAX_CPU_ISA`` caps what oneDNN (torch's convolutions, OpenVINO) may use, to emulate an
+# older CPU class; the flags above the cap are then reported absent, so bf16 is refused as it
+# would be there (OpenVINO would otherwise fail to compile a bf16 graph: no primitive). Note that
+# onnxruntime's MLAS dispatches on CPUID alone and ignores the cap.
+ISA_CAPS: dict[str, frozenset[str]] = {
+    "SSE41": frozenset(KEY_FLAGS),
+    "AVX": frozenset(KEY_FLAGS),
+    "AVX2": frozenset(f for f in KEY_FLAGS if f != "avx2"),
+    "AVX2_VNNI": frozenset(f for f in KEY_FLAGS if f != "avx2"),
+    "AVX2_VNNI_2": frozenset(f for f in KEY_FLAGS if f != "avx2"),
+    "AVX512_CORE": frozenset({"avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}),
+    "AVX512_CORE_VNNI": frozenset({"avx512_bf16", "amx_bf16", "amx_int8"}),
+    "AVX512_CORE_BF16": frozenset({"amx_bf16", "amx_int8"}),
+    "AVX10_1_512": frozenset({"amx_bf16", "amx_int8"}),
+}
+
+
+def isa_cap() -> str | None:
+    """The ``ONEDNN_MAX_CPU_ISA`` in force (upper case), or None."""
+    import os
+
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    return cap or None
+
+
 def cpu_flags() -> dict[str, bool]:
-    """The key flags, each True/False (all False where /proc/cpuinfo is unreadable)."""
+    """The key flags, each True/False (all False where /proc/cpuinfo is unreadable), less those
+    above an ``ONEDNN_MAX_CPU_ISA`` cap."""
     have = _cpuinfo()[1]
-    return {f: f in have for f in KEY_FLAGS}
+    hidden = ISA_CAPS.get(isa_cap() or "", frozenset())
+    return {f: f in have and f not in hidden for f in KEY_FLAGS}
 
 
 def native_bf16(flags: dict[str, bool] | None = None) -> bool:
