@@ -81,8 +81,8 @@ lint: install
 cpp: install
 	PYTHON=$(abspath $(PYTHON)) cpp/build.sh
 
-# The default sweep (~10 minutes on 2 cores): the demo export plus the reference models, the
-# SD-architecture AutoencoderKL included (its ONNX export, ~5 minutes, is cached in
+# The default sweep (~15 minutes on 2 quiet cores, estimated): the demo export plus the reference models, the
+# SD-architecture AutoencoderKL at 256 and 512 px included (its ONNX export, ~5 minutes, is cached in
 # bench/results/cache, keyed by a hash of the config). BENCH_ARGS=--quick for a smoke run,
 # --no-sd to leave the SD model out; see `vae-deploy bench --help`.
 bench: install

@@ -19,9 +19,22 @@ def _model(exports):
 
 def test_every_engine_x_precision_is_a_row_and_peers_too(exports):
     names = vb.candidate_backends(_model(exports))
-    for row in ("eager", "eager-bf16", "torch-compile", "torchscript", "ort-cpu", "ort-cpu-bare", "openvino-cpu",
-                "openvino-cpu-bf16"):
+    for row in ("eager", "eager-bf16", "torch-compile", "ort-plain", "torchscript", "ort-cpu", "ort-cpu-bare",
+                "openvino-cpu", "openvino-cpu-bf16"):
         assert row in names
+
+
+def test_plain_ort_peer_decodes_like_the_runtime(exports):
+    """The HF-Optimum-style peer: default session options, the same fp32 graph."""
+    import numpy as np
+
+    model = _model(exports)
+    cfg = vb.BenchConfig.make(quick=True, backends=("ort-plain", "ort-cpu"))
+    backends, skipped = vb.build_backends(model, cfg)
+    assert set(backends) == {"ort-plain", "ort-cpu"}, skipped
+    z = np.random.default_rng(0).standard_normal((3, *vb.example_shapes(model.manifest)[1]), dtype=np.float32)
+    np.testing.assert_allclose(backends["ort-plain"].decode(z), backends["ort-cpu"].decode(z), atol=1e-5)
+    assert backends["ort-plain"].sample(2).shape[0] == 2
 
 
 def test_engine_filter_and_peer_skip_reasons(exports, monkeypatch):

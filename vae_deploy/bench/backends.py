@@ -13,8 +13,10 @@ from vae_deploy.bench.config import BARE, BASE_BACKENDS, EAGER, ORT, BenchConfig
 from vae_deploy.bench.models import BenchModel, encoder_precisions, example_shapes, precision_variants
 from vae_deploy.bench.peers import (
     EAGER_BF16,
+    ORT_PLAIN,
     TORCH_COMPILE,
     AutocastBackend,
+    PlainOrtSession,
     compile_unavailable_reason,
     compiled_backend,
 )
@@ -67,7 +69,7 @@ def candidate_backends(model: BenchModel) -> list[str]:
     """Every engine x precision is its own row, then the peers a user would try instead."""
     names = list(BASE_BACKENDS)
     names[names.index(BARE) + 1:names.index(BARE) + 1] = [f"{ORT}-{p}" for p in precision_variants(model.manifest)]
-    return [EAGER, EAGER_BF16, TORCH_COMPILE, *names[1:], *openvino_rows(model)]
+    return [EAGER, EAGER_BF16, TORCH_COMPILE, ORT_PLAIN, *names[1:], *openvino_rows(model)]
 
 
 def selected(name: str, patterns: Sequence[str] | None) -> bool:
@@ -126,6 +128,8 @@ def build_backends(model: BenchModel, cfg: BenchConfig) -> tuple[dict[str, Any],
                     continue
                 out[name] = Runtime.load(model.folder, engine="openvino", precision=precision, threads=cfg.threads,
                                          max_batch=max_batch)
+            elif name == ORT_PLAIN:
+                out[name] = PlainOrtSession(model.folder, model.latent_shape or example_shapes(model.manifest)[1])
             elif name == "torchscript":
                 if not {"encoder.ts", "decoder.ts"} <= set(files):
                     skipped[name] = "the export has no TorchScript files"

@@ -51,7 +51,7 @@ TARGETS: tuple[dict[str, Any], ...] = (
     {"metric": "auto_vs_best_peer", "model": "ref-conv28", "op": "sample", "batch_size": 512, "backend": AUTO,
      "target": 1.0, "label": "28x28 conv decoder batch 512: auto vs the best peer"},
     {"metric": "auto_vs_best_peer", "model": "ref-sd-vae", "op": "sample", "batch_size": 1, "backend": AUTO,
-     "target": 1.0, "label": "SD decode: auto vs the best peer (eager bf16 autocast, torch.compile)"},
+     "target": 1.0, "label": "SD decode: auto vs the best peer (eager bf16 autocast, torch.compile, plain ORT session)"},
     {"metric": "auto_vs_ort_fp32", "model": "ref-sd-vae", "op": "sample", "batch_size": 1, "backend": AUTO,
      "target": 1.0, "label": "SD decode: auto never slower than onnxruntime fp32"},
     {"metric": "auto_speedup_vs_eager", "model": "ref-mlp28", "op": "sample", "batch_size": 512, "backend": AUTO,
@@ -60,7 +60,7 @@ TARGETS: tuple[dict[str, Any], ...] = (
      "target": 4.5, "label": "28x28 conv decoder sampling, auto vs eager, batch 512"},
 )
 ENGINE_PREFIXES = ("ort-cpu", "openvino-cpu")
-PEER_ROWS = ("eager-bf16", "torch-compile")
+PEER_ROWS = ("eager-bf16", "torch-compile", "ort-plain")
 
 
 def find_cell(report: dict[str, Any], model: str, op: str, backend: str, batch_size: int) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from vae_deploy.cli.options import check_writable, friendly_errors, ints
 @click.command()
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=False)
 @click.option("--backends", default=None,
-              help="Comma-separated backends or patterns: eager, eager-bf16, torch-compile, torchscript, ort-cpu, "
+              help="Comma-separated backends or patterns: eager, eager-bf16, torch-compile, ort-plain, torchscript, ort-cpu, "
                    "ort-cpu-bare, ort-cpu-<precision>, ort-cuda, ort-tensorrt, openvino-cpu, openvino-cpu-<precision> "
                    "(default: every one that runs here).")
 @click.option("--batch-sizes", callback=ints, default=None, help="e.g. 1,8,64,512 (quick: 1,8).")
