@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Quiet installs: no progress bars, no pip upgrade notice, no build-backend chatter.
 PIP     := $(PYTHON) -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test test-all test-slow test-lean lint bench clean cpp web-deps test-web site web-bench
+.PHONY: install demo test test-all test-slow test-lean lint bench bench-guard bench-guard-baseline bench-sd clean cpp web-deps test-web site web-bench
 
 install: $(STAMP)
 
@@ -81,14 +81,37 @@ lint: install
 cpp: install
 	PYTHON=$(abspath $(PYTHON)) cpp/build.sh
 
-# The default sweep (~10 minutes on 2 cores): the demo export plus the reference models, the
-# SD-architecture AutoencoderKL included (its ONNX export, ~5 minutes, is cached in
+# The default sweep (~15 minutes on 2 quiet cores, estimated): the demo export plus the reference models, the
+# SD-architecture AutoencoderKL at 256 and 512 px included (its ONNX export, ~5 minutes, is cached in
 # bench/results/cache, keyed by a hash of the config). BENCH_ARGS=--quick for a smoke run,
 # --no-sd to leave the SD model out; see `vae-deploy bench --help`.
 bench: install
 	test -f export/manifest.json || { $(BIN)/vae-deploy train --quiet --out runs/demo/ckpt.pt && \
 		$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export; }
 	$(BIN)/vae-deploy bench export --out bench/results --cache-dir bench/results/cache $(BENCH_ARGS)
+
+# The CI perf guard (under a minute): a quick run on the demo export compared with a baseline
+# report of the same CPU class; exit 1 when a backend's speed-up vs eager drops by more than noise.
+# Record the baseline once per runner class with `make bench-guard-baseline`.
+GUARD_BASELINE ?= bench/baseline-$(shell $(PYTHON) -c "from vae_deploy.engines.cpu import cpu_class; print(cpu_class())" 2>/dev/null).json
+bench-guard: install
+	test -f export/manifest.json || { $(BIN)/vae-deploy train --quiet --out runs/demo/ckpt.pt && \
+		$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export; }
+	$(BIN)/vae-deploy bench export --quick --no-batcher --threads 2 --out bench/results/guard --baseline $(GUARD_BASELINE)
+
+bench-guard-baseline: install
+	test -f export/manifest.json || { $(BIN)/vae-deploy train --quiet --out runs/demo/ckpt.pt && \
+		$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export; }
+	$(BIN)/vae-deploy bench export --quick --no-batcher --threads 2 --out bench/results/guard
+	cp bench/results/guard/report.json $(GUARD_BASELINE)
+
+# The SD 1.x-architecture decoder's levers side by side at 256 and 512 px (bench/README.md,
+# "Past the fp32 limit"); SD_SIZES=1024 adds the long row. ~10 minutes per size on 2 quiet cores.
+SD_SIZES ?= 256 512
+bench-sd: install
+	for s in $(SD_SIZES); do $(PYTHON) bench/sd_levers.py --size $$s --threads 2 --rounds 3 \
+		--rows eager,eager-bf16,ort,ort-wino4,ov,ov-static,ov-bf16,ov-bf16-static \
+		--json bench/results/sd_levers_$$s.json || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info site tmp web/node_modules

@@ -19,9 +19,22 @@ def _model(exports):
 
 def test_every_engine_x_precision_is_a_row_and_peers_too(exports):
     names = vb.candidate_backends(_model(exports))
-    for row in ("eager", "eager-bf16", "torch-compile", "torchscript", "ort-cpu", "ort-cpu-bare", "openvino-cpu",
-                "openvino-cpu-bf16"):
+    for row in ("eager", "eager-bf16", "torch-compile", "ort-plain", "torchscript", "ort-cpu", "ort-cpu-bare",
+                "openvino-cpu", "openvino-cpu-bf16"):
         assert row in names
+
+
+def test_plain_ort_peer_decodes_like_the_runtime(exports):
+    """The HF-Optimum-style peer: default session options, the same fp32 graph."""
+    import numpy as np
+
+    model = _model(exports)
+    cfg = vb.BenchConfig.make(quick=True, backends=("ort-plain", "ort-cpu"))
+    backends, skipped = vb.build_backends(model, cfg)
+    assert set(backends) == {"ort-plain", "ort-cpu"}, skipped
+    z = np.random.default_rng(0).standard_normal((3, *vb.example_shapes(model.manifest)[1]), dtype=np.float32)
+    np.testing.assert_allclose(backends["ort-plain"].decode(z), backends["ort-cpu"].decode(z), atol=1e-5)
+    assert backends["ort-plain"].sample(2).shape[0] == 2
 
 
 def test_engine_filter_and_peer_skip_reasons(exports, monkeypatch):
@@ -87,3 +100,23 @@ def test_plots_skipped_is_said(monkeypatch, tmp_path):
     monkeypatch.setattr("vae_deploy.bench.report.write_report", lambda r, out: {"markdown": out / "report.md"})
     res = CliRunner().invoke(main, ["bench", "--quick", "--no-reference-models", "--out", str(tmp_path)])
     assert PLOTS_SKIPPED in res.output, res.output
+
+
+def test_openvino_static_shapes_compile_per_shape_and_agree(exports):
+    """The static-shape lever: each batch size gets its own static compilation (bounded), and
+    every one computes what the dynamic graph computes."""
+    import numpy as np
+
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    from vae_deploy.engines.openvino import MAX_STATIC, OpenVinoEngine
+
+    folder = exports["conv"]
+    dyn = OpenVinoEngine(folder / "encoder.onnx", folder / "decoder.onnx", threads=1)
+    st = OpenVinoEngine(folder / "encoder.onnx", folder / "decoder.onnx", threads=1, static_shapes=True)
+    latent = dyn.declared_input("decoder")
+    rng = np.random.default_rng(0)
+    for n in range(1, MAX_STATIC + 3):
+        z = rng.standard_normal((n, *latent), dtype=np.float32)
+        np.testing.assert_allclose(st.decode(z), dyn.decode(z), atol=1e-5)
+    assert len(st._static) == MAX_STATIC and ("decoder", (MAX_STATIC + 2, *latent)) in st._static
+    assert not dyn._static and st.describe()["static_shapes"] is True

@@ -13,8 +13,10 @@ from vae_deploy.bench.config import BARE, BASE_BACKENDS, EAGER, ORT, BenchConfig
 from vae_deploy.bench.models import BenchModel, encoder_precisions, example_shapes, precision_variants
 from vae_deploy.bench.peers import (
     EAGER_BF16,
+    ORT_PLAIN,
     TORCH_COMPILE,
     AutocastBackend,
+    PlainOrtSession,
     compile_unavailable_reason,
     compiled_backend,
 )
@@ -34,8 +36,8 @@ class BareSession:
         self.latent_shape = tuple(concrete_latent_shape(runtime))
         self.rng = np.random.default_rng()
 
-    def sample(self, n: int) -> np.ndarray:
-        z = self.rng.standard_normal((n, *self.latent_shape), dtype=np.float32)
+    def sample(self, n: int, latent_shape: Any = None) -> np.ndarray:
+        z = self.rng.standard_normal((n, *(latent_shape or self.latent_shape)), dtype=np.float32)
         return self.dec.run(None, {self.z_name: z})[0]
 
     def encode(self, x: np.ndarray) -> list[np.ndarray]:
@@ -67,7 +69,7 @@ def candidate_backends(model: BenchModel) -> list[str]:
     """Every engine x precision is its own row, then the peers a user would try instead."""
     names = list(BASE_BACKENDS)
     names[names.index(BARE) + 1:names.index(BARE) + 1] = [f"{ORT}-{p}" for p in precision_variants(model.manifest)]
-    return [EAGER, EAGER_BF16, TORCH_COMPILE, *names[1:], *openvino_rows(model)]
+    return [EAGER, EAGER_BF16, TORCH_COMPILE, ORT_PLAIN, *names[1:], *openvino_rows(model)]
 
 
 def selected(name: str, patterns: Sequence[str] | None) -> bool:
@@ -126,6 +128,8 @@ def build_backends(model: BenchModel, cfg: BenchConfig) -> tuple[dict[str, Any],
                     continue
                 out[name] = Runtime.load(model.folder, engine="openvino", precision=precision, threads=cfg.threads,
                                          max_batch=max_batch)
+            elif name == ORT_PLAIN:
+                out[name] = PlainOrtSession(model.folder, model.latent_shape or example_shapes(model.manifest)[1])
             elif name == "torchscript":
                 if not {"encoder.ts", "decoder.ts"} <= set(files):
                     skipped[name] = "the export has no TorchScript files"
@@ -178,9 +182,12 @@ def op_supported(model: BenchModel, backend_name: str, op: str) -> str | None:
     return None
 
 
-def make_call(backend: Any, op: str, batch_size: int, x: np.ndarray | None) -> Callable[[], Any]:
+def make_call(backend: Any, op: str, batch_size: int, x: np.ndarray | None,
+              latent_shape: tuple[int, ...] | None = None) -> Callable[[], Any]:
     if op == "sample":
         sample = backend.sample
+        if latent_shape:  # a dynamic export sampled at another size than its example
+            return lambda: sample(batch_size, latent_shape=latent_shape)
         return lambda: sample(batch_size)
     encode = backend.encode
     return lambda: encode(x)

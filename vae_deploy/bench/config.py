@@ -65,6 +65,7 @@ class BenchConfig:
     torch_compile: bool = True  # time torch.compile as a peer (compiling costs seconds to minutes per model)
     sd_model: bool = True  # the SD-architecture AutoencoderKL (with reference_models; needs diffusers)
     sd_rounds: int = 3  # its rounds: ~6 s per eager fp32 image on 2 cores
+    sd_sizes: tuple[int, ...] = (256, 512)  # image sides of the SD rows (one dynamic export serves all)
     # Reference models timed with torch.compile (exports given are always): inductor compiles each
     # graph for 20 s to 2 min on 2 cores, so by default only the two models the targets name.
     compile_models: tuple[str, ...] | None = ("ref-mlp28", "ref-conv28")
@@ -93,6 +94,8 @@ class BenchConfig:
             raise ConfigError(f"unknown op(s) {bad or list(self.ops)}; expected some of {list(OPS)}")
         if self.rounds < 1 or self.min_rounds < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.rounds}")
+        if any(int(s) < 64 or int(s) % 64 for s in self.sd_sizes):
+            raise ConfigError(f"SD sizes must be multiples of 64 pixels (latent side multiple of 8), got {list(self.sd_sizes)}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
 

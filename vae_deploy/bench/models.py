@@ -54,6 +54,7 @@ class BenchModel:
     flops: dict[str, float | None] = field(default_factory=dict)
     ops: tuple[str, ...] | None = None  # None: the run's ops (the SD model only decodes)
     batch_sizes: tuple[int, ...] | None = None  # None: the run's batch sizes
+    latent_shape: tuple[int, ...] | None = None  # sampling's latent (dynamic exports at another size)
 
 
 def default_cache_dir() -> Path:

@@ -11,7 +11,35 @@ from vae_deploy.backends import TorchBackend
 
 EAGER_BF16 = "eager-bf16"
 TORCH_COMPILE = "torch-compile"
-PEERS = (EAGER_BF16, TORCH_COMPILE)
+ORT_PLAIN = "ort-plain"
+PEERS = (EAGER_BF16, TORCH_COMPILE, ORT_PLAIN)
+
+
+class PlainOrtSession:
+    """What HF Optimum's ``ORTModel`` does on a CPU: ``InferenceSession(path)`` with onnxruntime's
+    default session options and provider, on the export's fp32 files, nothing tuned."""
+
+    def __init__(self, folder: Any, latent_shape: tuple[int, ...], name: str = ORT_PLAIN) -> None:
+        import onnxruntime as ort
+
+        self.name = name
+        self.enc = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+        self.dec = ort.InferenceSession(str(folder / "decoder.onnx"), providers=["CPUExecutionProvider"])
+        self.latent_shape = tuple(latent_shape)
+        self.rng = np.random.default_rng()
+
+    def sample(self, n: int, latent_shape: Any = None) -> np.ndarray:
+        z = self.rng.standard_normal((n, *(latent_shape or self.latent_shape)), dtype=np.float32)
+        return self.decode(z)
+
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        return self.dec.run(None, {self.dec.get_inputs()[0].name: z})[0]
+
+    def encode(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.enc.run(None, {self.enc.get_inputs()[0].name: x})
+
+    def close(self) -> None:
+        pass
 
 
 class AutocastBackend(TorchBackend):

@@ -99,6 +99,7 @@ def markdown(report: dict[str, Any], plots_note: str = "") -> str:
                      for c in ceil["measurements"])
     lines.append(f"fp32 matmul ceiling: **{ceil['gflops']:.1f} GFLOP/s** ({ceil['method']}: {meas}).")
     lines.append("")
+    lines += ceilings_table(report.get("ceilings"))
 
     lines += ["## Targets", "", "| target | measured (median) | best round | required | met | met on best round |",
               "|---|---:|---:|---:|:---:|:---:|"]
@@ -358,3 +359,26 @@ def plot(report: dict[str, Any], path: Path, kind: str) -> Path:
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.2)
     plt.close(fig)
     return path
+
+
+def ceilings_table(ceilings: dict[str, Any] | None) -> list[str]:
+    """Practical (best GEMM per engine) and theoretical (flags x cores x clock) ceilings per precision."""
+    if not ceilings:
+        return []
+    lines = [f"CPU class **{ceilings['cpu_class']}**. Ceilings per precision ({ceilings['method']}); every row's "
+             "\"ceiling\" share is against the practical ceiling of its own precision:", "",
+             "| precision | practical GFLOP/s | by | per engine | theoretical peak | practical / peak |",
+             "|---|---:|---|---|---:|---:|"]
+    for precision, c in ceilings["by_precision"].items():
+        per = {}
+        for g in ceilings["gemm_measurements"]:
+            if g["precision"] == precision and g.get("gflops"):
+                per[g["engine"]] = max(per.get(g["engine"], 0.0), g["gflops"])
+        peak = c.get("peak") or {}
+        peak_s = (f"{peak['gflops']:.0f} ({peak['unit']}, {peak['per_cycle']}/cycle x {peak['cores']} cores x "
+                  f"{peak['ghz']:.2f} GHz)" if peak.get("gflops") else "n/a")
+        share = f"{c['share_of_peak']:.0%}" if c.get("share_of_peak") else "n/a"
+        lines.append(f"| {precision} | {c['gflops']:.1f} | {c['engine']} | "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in per.items()) + f" | {peak_s} | {share} |")
+    lines.append("")
+    return lines

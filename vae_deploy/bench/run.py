@@ -12,6 +12,7 @@ from typing import Any
 
 from vae_deploy.bench.backends import build_backends, make_call, op_supported, parity_details
 from vae_deploy.bench.batcher import batcher_unavailable_reason, measure_batcher
+from vae_deploy.bench.ceiling import ceilings_by_precision, gemm_ceilings, row_precision, share_of_ceiling
 from vae_deploy.bench.config import BARE, EAGER, ORT, SCHEMA, BenchConfig
 from vae_deploy.bench.flops import measure_matmul_ceiling, onnx_flops
 from vae_deploy.bench.machine import machine_info
@@ -26,7 +27,7 @@ from vae_deploy.bench.models import (
     prepare_reference,
 )
 from vae_deploy.bench.overhead import profile_runtime_overhead
-from vae_deploy.bench.sd import SD_NAME, prepare_sd, sd_unavailable_reason
+from vae_deploy.bench.sd import SD_NAME, sd_models, sd_unavailable_reason
 from vae_deploy.bench.targets import evaluate_targets
 from vae_deploy.bench.timing import CpuMonitor, measure_ab, paired_ratio, time_group
 from vae_deploy.errors import ConfigError
@@ -52,9 +53,15 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
         + ("unknown" if not load else "/".join(f"{v:.2f}" for v in load) + " (1/5/15 min)"))
     say("each cell line: samples/s per backend (median round); a trailing '!' marks a disturbed cell "
         "(rounds spread widely, slow tail calls or other processes on the CPUs): read it with care")
+    from vae_deploy.engines.cpu import cpu_class
+
+    klass = cpu_class(machine["cpu_flags"])
+    machine["cpu_class"] = klass
     run_monitor = CpuMonitor().start()
     ceiling = [measure_matmul_ceiling(cfg.ceiling_size, cfg.ceiling_repeats, numpy_too=cfg.threads is None)]
-    say(f"matmul ceiling: {ceiling[0]['gflops']:.1f} GFLOP/s")
+    gemms = gemm_ceilings(cfg.ceiling_size, cfg.ceiling_repeats, cfg.threads)
+    say(f"[{klass}] GEMM ceilings {cfg.ceiling_size}^3: " + ", ".join(
+        f"{g['engine']} {g['precision']} {g['gflops']:.1f}" for g in gemms if g.get("gflops")) + " GFLOP/s")
 
     models: list[BenchModel] = []
     skipped_models: list[dict[str, str]] = []
@@ -70,7 +77,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                 skipped_models.append({"model": SD_NAME, "reason": why})
                 say(f"[{SD_NAME}] skipped: {why}")
             else:
-                models.append(prepare_sd(cache, log=say))
+                models.extend(sd_models(cache, cfg.sd_sizes, log=say))
     if not models:
         raise ConfigError("nothing to measure: give an export folder or enable the reference models")
     taken = set()
@@ -89,7 +96,7 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
         model.flops["decoder"] = onnx_flops(model.folder / "decoder.onnx", z_shape)
         model.flops["encoder"] = onnx_flops(model.folder / "encoder.onnx", x_shape)
         mcfg = cfg
-        if model.name == SD_NAME:  # seconds per call: few rounds, no time cap, no warm-up loop
+        if model.name.startswith(SD_NAME):  # seconds per call: few rounds, no time cap, no warm-up loop
             mcfg = dataclasses.replace(cfg, rounds=cfg.sd_rounds, min_rounds=min(cfg.min_rounds, cfg.sd_rounds),
                                        max_group_s=float("inf"), warmup_s=0.0)
         backends, skipped = build_backends(model, mcfg)
@@ -121,14 +128,14 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                         report["skipped"].append({"model": model.name, "backend": name, "op": op,
                                                   "batch_size": bs, "reason": why})
                         continue
-                    calls[name] = make_call(b, op, bs, x)
+                    calls[name] = make_call(b, op, bs, x, model.latent_shape)
                 res = time_group(calls, bs, mcfg, log=say)
                 eager_rounds = res.get(EAGER, {}).get("round_samples_per_s")
                 bare_rounds = res.get(BARE, {}).get("round_samples_per_s")
                 flops = model.flops.get("decoder" if op == "sample" else "encoder")
                 line = []
                 for name, st in res.items():
-                    cell = {"model": model.name, "op": op, "backend": name, "batch_size": bs, **st}
+                    cell = {"model": model.name, "op": op, "backend": name, "batch_size": bs, "cpu_class": klass, **st}
                     if "error" not in st:
                         cell["speedup_vs_eager"] = (paired_ratio(st["round_samples_per_s"], eager_rounds)
                                                     if eager_rounds else None)
@@ -151,10 +158,10 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                         cell["gflops_best"] = flops * st["samples_per_s_best"] / 1e9 if flops else None
                         line.append(f"{name} {st['samples_per_s']:.4g}/s" + ("!" if st["disturbed"] else ""))
                     report["cells"].append(cell)
-                say(f"  {model.name} {op} bs {bs}: " + ", ".join(line))
+                say(f"  [{klass}] {model.name} {op} bs {bs}: " + ", ".join(line))
         # The wrapper's per-call profile and the micro-batcher mean something only for fast calls:
         # on the SD decoder (seconds per call) they would run for hours.
-        fast_calls = model.name != SD_NAME
+        fast_calls = not model.name.startswith(SD_NAME)
         if ORT in backends and fast_calls:
             prof = profile_runtime_overhead(backends[ORT], calls=200 if cfg.quick else 2000,
                                             rounds=3 if cfg.quick else 15)
@@ -188,7 +195,14 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
         report["skipped"].append({"backend": "micro-batcher", "reason": no_batcher})
 
     ceiling.append(measure_matmul_ceiling(cfg.ceiling_size, cfg.ceiling_repeats, numpy_too=cfg.threads is None))
-    best = max(c["gflops"] for c in ceiling)
+    gemms += gemm_ceilings(cfg.ceiling_size, cfg.ceiling_repeats, cfg.threads)
+    ceilings = ceilings_by_precision(gemms + [{"engine": "torch/numpy", "precision": "fp32", "gflops": c["gflops"]}
+                                              for c in ceiling])
+    report["ceilings"] = {"by_precision": ceilings, "gemm_measurements": gemms, "cpu_class": klass,
+                          "method": f"best of {cfg.ceiling_repeats} {cfg.ceiling_size}^3 GEMMs per engine and precision "
+                                    "(torch.mm, onnxruntime MatMul with constant weights, OpenVINO f32/bf16), at the "
+                                    "start and the end of the run; peak = flags x cores x clock"}
+    best = ceilings["fp32"]["gflops"]
     report["matmul_ceiling"] = {"gflops": best, "measurements": ceiling,
                                 "method": f"best of {cfg.ceiling_repeats} fp32 {cfg.ceiling_size}^3 torch.mm"
                                           + (" and numpy matmul" if cfg.threads is None else
@@ -196,8 +210,10 @@ def run_benchmark(export_dirs: Sequence[str | Path] = (), cfg: BenchConfig | Non
                                           + ", at the start, after each model and at the end of the run"}
     for cell in report["cells"]:
         if "error" not in cell:
-            cell["ceiling_fraction"] = cell["gflops"] / best if cell.get("gflops") else None
-            cell["ceiling_fraction_best"] = cell["gflops_best"] / best if cell.get("gflops_best") else None
+            # Each row against the GEMM ceiling of its own precision (bf16 rows: the best bf16 GEMM).
+            cell["ceiling_precision"] = row_precision(cell["backend"])
+            cell["ceiling_fraction"] = share_of_ceiling(cell.get("gflops"), cell["backend"], ceilings)
+            cell["ceiling_fraction_best"] = share_of_ceiling(cell.get("gflops_best"), cell["backend"], ceilings)
     report["targets"] = evaluate_targets(report)
     report["machine"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     report["machine"]["other_processes_cpu_share"] = run_monitor.stop()

@@ -319,7 +319,7 @@ def engine_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--engine", type=click.Choice(["onnxruntime", "openvino", "auto"]), default="onnxruntime",
                      show_default=True, help="What runs the ONNX graphs; auto: the fastest variant that passed "
                                              "its accuracy gate here (see `vae-deploy tune`)."),
-        click.option("--precision", type=click.Choice(["fp32", "fp32-fast", "int8", "bf16", "fp16", "auto"]),
+        click.option("--precision", type=click.Choice(["fp32", "fp32-fast", "int8", "bf16", "fp16", "fp32-winograd", "auto"]),
                      default="fp32", show_default=True,
                      help="Variant to run (bf16: OpenVINO on a CPU with native bf16)."),
         click.option("--force-bf16", is_flag=True, help="Run bf16 even on a CPU without native bf16 (emulated: slow)."),

@@ -16,7 +16,7 @@ from vae_deploy.errors import ConfigError, EngineError
 
 ENGINES = ("onnxruntime", "openvino")
 ENGINE_CHOICES = ("auto", *ENGINES)
-PRECISIONS = ("fp32", "fp32-fast", "int8", "bf16", "fp16")
+PRECISIONS = ("fp32", "fp32-fast", "int8", "bf16", "fp16", "fp32-winograd")
 # Precisions that are not a file of their own: the engine runs the fp32 graph at that precision.
 HINT_PRECISIONS = {"bf16": "fp32"}
 

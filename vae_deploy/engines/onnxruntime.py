@@ -16,7 +16,7 @@ from vae_deploy.errors import ArtifactError, EngineError
 
 # Precisions that are a file variant for onnxruntime (bf16 is not: its CPU provider has no bf16
 # Conv/Gemm kernels on x86, so a bf16 graph would run through casts and be slower than fp32).
-FILE_PRECISIONS = ("fp32", "fp32-fast", "int8", "fp16")
+FILE_PRECISIONS = ("fp32", "fp32-fast", "int8", "fp16", "fp32-winograd")
 
 
 def default_session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -7,6 +7,7 @@ each against eager, and keep only those that pass.
 | `fp32-fast` | `<role>.fp32-fast.onnx` where a rewrite applies | exact CPU rewrites (rewrite.py)      |
 | `int8`      | `<role>.int8.onnx`                       | onnxruntime.quantization (quantize.py), from the fp32-fast graph when there is one |
 | `fp16`      | `<role>.fp16.onnx`                       | onnxruntime's fp16 converter (fp16.py), from the plain graph |
+| `fp32-winograd` | `<role>.fp32-winograd.onnx`          | 3x3 convolutions in Winograd F(4x4,3x3) form (winograd.py): fewer multiplications, not exact, held to fp32's tolerance |
 
 A variant is verified as a whole backend (its encoder, or the fp32 encoder when it has
 none, plus its decoder) against eager at its precision's tolerance. A variant whose decoder
@@ -30,7 +31,8 @@ from vae_deploy.errors import ExportError
 from vae_deploy.exporters.onnx import check_model
 from vae_deploy.exporters.spec import META_PREFIX, Exportable
 
-PRECISIONS = ("fp32", "fp32-fast", "int8", "fp16")
+PRECISIONS = ("fp32", "fp32-fast", "int8", "fp16", "fp32-winograd")
+WINOGRAD_TILE = 4  # F(4x4,3x3): measured faster than F(2x2,3x3) on every CPU class tried (bench/README.md)
 ROLES = ("encoder", "decoder")
 CALIBRATION_EXAMPLES = 512
 CALIBRATION_NORMAL = 256
@@ -168,8 +170,16 @@ def build_variant(
             info[role]["from"] = "fp32-fast graph" if src is not base[role] else "fp32 graph"
         elif precision == "fp16":
             models[role], info[role] = to_fp16(base[role])
+        elif precision == "fp32-winograd":
+            from vae_deploy.exporters.winograd import winograd_rewrite
+
+            r = winograd_rewrite(base[role], WINOGRAD_TILE)
+            if r.changed:
+                models[role], info[role] = r.model, {"rewrites": r.applied, "tile": f"F({WINOGRAD_TILE}x{WINOGRAD_TILE},3x3)"}
         else:
             raise ExportError(f"no variant builder for precision {precision!r}")
+    if "decoder" not in models and precision == "fp32-winograd":
+        raise ExportError("the decoder has no 3x3 stride-1 convolution with >= 32 channels on both sides to rewrite")
     if "decoder" not in models:
         raise ExportError("no exact rewrite applies to this model's decoder (no ConvTranspose wide enough to "
                           "decompose, no Linear -> ConvTranspose to fold)" if precision == "fp32-fast"
