@@ -59,12 +59,19 @@ def test_resume_refuses_options_that_come_from_the_checkpoint(tmp_path):
     assert res.exit_code == 2 and "--family, --lr: taken from the checkpoint" in res.output
 
 
-def test_divergence_exits_1_and_writes_nothing(tmp_path):
+def test_divergence_exits_1_and_writes_nothing(tmp_path, monkeypatch):
+    """--lr is bounded (1e30 is a usage error), so the blow-up is forced inside the optimiser, as a
+    bad model or data set would cause it, and the CLI must still end in one line."""
+    import torch
+
+    real_adam = torch.optim.Adam
+    monkeypatch.setattr(torch.optim, "Adam", lambda params, lr: real_adam(params, lr=1e30))
     out = tmp_path / "c.pt"
     out.write_bytes(b"an earlier file the user keeps")
-    res = run("train", "--lr", "1e30", "--epochs", "3", "--out", str(out), *SMALL)
+    assert run("train", "--lr", "1e30", "--out", str(out), *SMALL).exit_code == 2
+    res = run("train", "--lr", "0.001", "--epochs", "3", "--out", str(out), *SMALL)
     assert res.exit_code == 1, res.output
-    assert "Error: training diverged" in res.output and "no checkpoint was written" in res.output
+    assert "Error: training diverged" in res.output and "no checkpoint was written" in res.output, res.output
     assert "Traceback" not in res.output
     assert out.read_bytes() == b"an earlier file the user keeps"
     assert not [p for p in tmp_path.iterdir() if p.name != "c.pt"]  # no temporary file left either
