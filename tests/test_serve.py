@@ -192,6 +192,10 @@ def test_a_killed_servers_temporary_folder_is_swept_at_the_next_start(tmp_path):
     claim(stale)
     (stale / "owner").write_text(f"{dead.pid} 1\n")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", str(stale / "workspace")])
+    cmdline = Path(f"/proc/{sleeper.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while str(stale).encode() not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)  # a loaded machine: the child's command line is there once it has exec'd
     try:
         assert sweep_stale(tmp_path) == [stale]
         assert sleeper.wait(timeout=10) == -signal.SIGKILL  # a process still running from the folder ended
