@@ -1,6 +1,6 @@
 """fp16 variants on a CUDA GPU: parity against eager (float32, CPU) and decode throughput.
 
-    PYTHONPATH=. python bench/fp16_gpu.py [--batch 4096] [--rounds 30]
+    python bench/fp16_gpu.py [--batch 4096] [--rounds 30]
 
 Exits 0 with a message where onnxruntime has no working CUDA provider (e.g. on CPU machines).
 """

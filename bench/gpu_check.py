@@ -5,7 +5,7 @@
 For each export folder: does onnxruntime's CUDA provider really load; do the CUDA Runtime's
 outputs (plain and IO-bound, every precision variant) match the CPU Runtime's; and how fast
 does it sample at several batch sizes, CPU and CUDA side by side. Needs only numpy and
-onnxruntime-gpu (and this package on PYTHONPATH), not torch.
+onnxruntime-gpu and this package (pip install -e . or the wheel), not torch.
 """
 
 from __future__ import annotations

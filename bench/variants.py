@@ -1,7 +1,7 @@
 """Sampling throughput of every precision variant against torch eager, side by side.
 
-    PYTHONPATH=. python bench/variants.py                      # 2 threads, wall clock
-    PYTHONPATH=. python bench/variants.py --threads 1 --clock cpu   # robust on a busy machine
+    python bench/variants.py                      # 2 threads, wall clock
+    python bench/variants.py --threads 1 --clock cpu   # robust on a busy machine
 
 For each model (random weights, seed 0) the decoder is exported with the fp32, fp32-fast
 and int8 variants through ``vae_deploy.exporters.export`` (so each one passed its parity
