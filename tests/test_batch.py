@@ -230,3 +230,15 @@ def test_a_tampered_export_is_refused_before_a_cluster_starts(exports, x_file, t
     with pytest.raises(ArtifactError, match="checksum"):
         run_batch("encode", exp, tmp_path / "o", input_path=x_file, workers=2)
     assert not (tmp_path / "o").exists()
+
+
+def test_decode_of_an_encode_jobs_folder_reads_its_mu_shards(exports, x_file, x_rows, tmp_path, capsys):
+    """An encode job writes mu and logvar shards side by side: decoding that folder decodes mu,
+    one row per input (not both outputs as twice the rows)."""
+    run_batch("encode", exports["mlp"], tmp_path / "enc", input_path=x_file, shard_rows=64)
+    s = run_batch("decode", exports["mlp"], tmp_path / "dec", input_path=tmp_path / "enc", shard_rows=100)
+    assert s.rows == len(x_rows)
+    rt = Runtime.load(exports["mlp"])
+    np.testing.assert_allclose(read_outputs(tmp_path / "dec")["x"], rt.decode(rt.encode(x_rows)[0]),
+                               rtol=1e-5, atol=1e-5)
+    assert "decoding the 'mu' shards" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import numpy as np
 from vae_deploy.artifacts import file_sha256
 from vae_deploy.data.arrays import check_array_file, npz_key
 from vae_deploy.data.images import IMAGE_SUFFIXES  # the loader's list: one list
-from vae_deploy.errors import DataError
+from vae_deploy.errors import DataError, VaeDeployError
 
 
 @dataclass
@@ -101,6 +101,44 @@ def _checked(arr: np.ndarray, source: str) -> np.ndarray:
     return arr
 
 
+def _job_output_npys(folder: Path) -> list[str] | None:
+    """The ``.npy`` shards of one output when ``folder`` is a batch job's output: an encode job
+    writes ``mu`` and ``logvar`` shards side by side, and decoding both as latents would give
+    twice the rows. ``mu`` (the posterior mean) is what a decode of encoded data wants; a folder
+    of several other outputs is refused, naming them."""
+    from vae_deploy.batch.output import _read_manifest, find_manifest
+
+    found = find_manifest(folder)
+    if found is None:
+        return None
+    try:
+        doc = _read_manifest(found)
+    except (OSError, ValueError, VaeDeployError) as e:
+        raise DataError(f"input folder {str(folder)!r}: its batch manifest is not readable ({e})") from None
+    if not doc.get("complete"):
+        raise DataError(f"input folder {str(folder)!r} is an unfinished batch job (rerun it to finish it first)")
+    by_key: dict[str, list[str]] = {}
+    for entry in doc.get("shards", []):
+        for key, f in entry.get("files", {}).items():
+            name = str(f.get("path", ""))
+            if name.endswith(".npy"):
+                if Path(name).name != name or name.startswith("."):
+                    raise DataError(f"input folder {str(folder)!r}: its batch manifest names {name!r}; expected "
+                                    "a file name inside the folder")
+                by_key.setdefault(key, []).append(name)
+    if not by_key:
+        raise DataError(f"input folder {str(folder)!r} is a batch job's output without .npy shards "
+                        "(written with --format parquet/png?); expected .npy shards")
+    key = "mu" if "mu" in by_key else next(iter(by_key)) if len(by_key) == 1 else None
+    if key is None:
+        raise DataError(f"input folder {str(folder)!r} holds several outputs per row ({sorted(by_key)}); "
+                        "expected one, or mu from an encode job")
+    if len(by_key) > 1:
+        print(f"note: {folder}: decoding the {key!r} shards of the encode job (not {sorted(set(by_key) - {key})})",
+              file=sys.stderr)
+    return by_key[key]
+
+
 def open_input(path: str | Path, *, item_shape: tuple[int, ...] | None = None) -> InputSource:
     """Pick the reader by what ``path`` is; every problem is a ``DataError`` before any work.
 
@@ -122,7 +160,7 @@ def open_input(path: str | Path, *, item_shape: tuple[int, ...] | None = None) -
         if p.suffix == ".npz":
             return InputSource(p, "npz", [_load_npz(p)], [p.name])
         raise DataError(f"input {str(p)!r}: expected a .npy or .npz file or a folder, got suffix {p.suffix!r}")
-    npys = sorted(f.name for f in p.iterdir() if f.suffix == ".npy" and f.is_file())
+    npys = _job_output_npys(p) or sorted(f.name for f in p.iterdir() if f.suffix == ".npy" and f.is_file())
     if npys:
         parts = [_load_npy(p / n) for n in npys]
         shapes = {tuple(a.shape[1:]) for a in parts}
