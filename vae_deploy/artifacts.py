@@ -97,6 +97,7 @@ class ExportSpec:
             f"{META_PREFIX}example_latent_shape": shape(self.concrete_latent_shape),
             f"{META_PREFIX}source_sha256": self.source_sha256,
             f"{META_PREFIX}producer_version": __version__,
+            f"{META_PREFIX}posterior": self.posterior,
         }
 
     def model_section(self) -> dict[str, Any]:

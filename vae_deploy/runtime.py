@@ -185,6 +185,7 @@ def spec_from_session(sess: Any) -> ExportSpec:
             example_input_shape=parse_shape(meta.get(f"{META_PREFIX}example_input_shape", "")),
             example_latent_shape=parse_shape(meta.get(f"{META_PREFIX}example_latent_shape", "")),
             source_sha256=meta.get(f"{META_PREFIX}source_sha256", ""),
+            posterior=meta.get(f"{META_PREFIX}posterior", "gaussian"),
         )
     except KeyError as e:
         raise ArtifactError(f"ONNX model lacks the vae-deploy metadata key {e.args[0]!r}") from None
