@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vae_deploy.adapters.families import refuse_class, require_video_input
 from vae_deploy.adapters.outputs import (
     DETERMINISTIC_FORMS,
     DETERMINISTIC_LOGVAR,
@@ -33,8 +34,8 @@ from vae_deploy.adapters.outputs import (
     as_gaussian,
     as_latent,
     as_tensor,
-    deterministic_pair,
     describe,
+    deterministic_pair,
 )
 from vae_deploy.errors import ConfigError
 from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
@@ -277,8 +278,12 @@ def from_module(
     lik = likelihood or "unknown"
     if lik not in LIKELIHOODS:
         raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    refuse_class(type(module).__name__)
     module = module.eval()
+    if example_input is None:
+        require_video_input(module, None)
     x = _example(module, example_input)
+    require_video_input(module, x.ndim)
     adapters = (named_adapter(encode_fn, decode_fn),) if encode_fn or decode_fn else ADAPTERS
     probe = detect(module, x, adapters)
     dyn_latent = _dynamic_spatial(module, probe, x, dynamic_spatial)
