@@ -194,3 +194,16 @@ def test_wan_exports_with_input_shape(tmp_path):
     np.testing.assert_allclose(mu, post.mean.numpy(), atol=ATOL, rtol=1e-5)
     np.testing.assert_allclose(logvar, post.logvar.numpy(), atol=ATOL, rtol=1e-5)
     np.testing.assert_allclose(rt.decode(mu), want_x, atol=ATOL, rtol=1e-5)
+
+
+def test_verify_checks_a_user_size_decode_in_the_vaes_range(taesd_export):
+    from vae_deploy.parity import input_range
+    from vae_deploy.verify import verify_export
+
+    _, out = taesd_export
+    result = verify_export(out, backends=["ort-cpu"])
+    assert result["passed"], result["reports"]
+    assert result["sizing"]["user_size"].startswith("decoder at latent [4, 64, 64]")
+    names = [c["name"] for c in result["reports"][0]["cases"]]
+    assert "decoder/user-size/bs=1" in names
+    assert input_range(Runtime.load(out, provider="cpu").spec) == (-1.0, 1.0)
