@@ -68,6 +68,13 @@ class Runtime(Backend):
         device_id: int = 0,
         force_bf16: bool = False,
     ) -> None:
+        if engine == "onnxruntime" and session_options is None and spec is not None \
+                and any(d < 0 for d in spec.latent_shape):
+            # Sizes vary call to call (any image size, tiles of several shapes): onnxruntime's CPU
+            # arena only grows (chunks rounded up, kept per size), which took tiled decode of an SD
+            # VAE at 768 px to 2.40 GB peak RSS; without it 1.59 GB (bench/tiled_memory.py).
+            session_options = default_session_options(threads)
+            session_options.enable_cpu_mem_arena = False
         extra = {"session_options": session_options, "device_id": device_id} if engine == "onnxruntime" else (
             {"session_options": session_options} if session_options is not None else {})
         self.engine = open_engine(engine, encoder_path, decoder_path, precision=precision, provider=provider,
