@@ -104,6 +104,7 @@ class ExportSpec:
             # "low,high" (e.g. "-1.0,1.0"), only where declared.
             **({f"{META_PREFIX}output_range": ",".join(repr(float(v)) for v in self.output_range)}
                if self.output_range else {}),
+            f"{META_PREFIX}posterior": self.posterior,
         }
 
     def _latent_metadata(self) -> dict[str, str]:

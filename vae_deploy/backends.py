@@ -195,7 +195,7 @@ class Backend:
         else:
             mu, logvar = self._chunked(self._encode, x, 2)
         z = mu
-        if sample:
+        if sample and self.spec.posterior != "deterministic":  # a point posterior: its sample is mu
             z = (mu + np.exp(0.5 * logvar) * self.noise(mu.shape, seed)).astype(np.float32)
         if tile is not None:
             x_hat = self.decode(z, tile=tile)

@@ -109,9 +109,29 @@ class Case:
         return f"{self.graph}/{self.input}/bs={self.batch_size}"
 
 
+def input_range(spec: Any) -> tuple[float, float]:
+    """The encoder's input range, for stand-in inputs: the export's declared ``output_range``
+    (what it decodes to is what it encodes from), else (-1, 1) for diffusers' VAEs, else (0, 1)
+    (Bernoulli data, and this project's image models)."""
+    declared = tuple(getattr(spec, "output_range", ()) or ())
+    if len(declared) == 2 and declared[0] < declared[1]:
+        return float(declared[0]), float(declared[1])
+    if str(getattr(spec, "family", "")).startswith("diffusers."):
+        return -1.0, 1.0
+    return 0.0, 1.0
+
+
+def uniform_inputs(rng: np.random.Generator, shape: Sequence[int], spec: Any) -> np.ndarray:
+    """Seeded uniform float32 inputs over :func:`input_range`."""
+    low, high = input_range(spec)
+    x = rng.random(tuple(shape), dtype=np.float32)
+    return x if (low, high) == (0.0, 1.0) else (x * np.float32(high - low) + np.float32(low)).astype(np.float32)
+
+
 def make_cases(
     x_data: np.ndarray, latent_shape: Sequence[int], batch_sizes: Iterable[int], *, seed: int = 0,
     edge_cases: bool = True, data_label: str = "real", edge_batch: int = 4, recon_n: int = 64,
+    user_latent: Sequence[int] = (),
 ) -> list[Case]:
     """The standard input set: real data for the encoder, seeded N(0, I) for the decoder, and edges.
 
@@ -138,6 +158,8 @@ def make_cases(
         cases.append(Case("decoder", "alternating4sigma", e, np.tile(alt.reshape(latent_shape), (e,) + (1,) * len(latent_shape))))
         n = min(recon_n, len(x_data))
         cases.append(Case("reconstruct", data_label, n, _batch(x_data, n)))
+    if user_latent:  # one latent at the size users decode (the example is small to keep tracing cheap)
+        cases.append(Case("decoder", "user-size", 1, rng.standard_normal((1, *user_latent), dtype=np.float32)))
     return cases
 
 
@@ -203,6 +225,7 @@ def compare_backends(
     on_case: Callable[[str], None] | None = None,
     edge_batch: int = 4,
     recon_n: int = 64,
+    user_latent: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run the standard cases through both backends and return the JSON-able report.
 
@@ -211,7 +234,7 @@ def compare_backends(
     tol = tolerance or DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
     latent_shape = concrete_latent_shape(reference, x_data)
     cases = make_cases(x_data, latent_shape, batch_sizes, seed=seed, edge_cases=edge_cases, data_label=data_label,
-                       edge_batch=edge_batch, recon_n=recon_n)
+                       edge_batch=edge_batch, recon_n=recon_n, user_latent=user_latent)
     results = []
     for case in cases:
         if on_case is not None:

@@ -46,13 +46,16 @@ class CasePlan:
     batch_sizes: tuple[int, ...]
     edge_batch: int = FULL_EDGES[0]
     recon_n: int = FULL_EDGES[1]
+    # One decoder case at a size users decode (e.g. a 64x64 SD latent), when the budget allows.
+    user_latent: tuple[int, ...] = ()
 
     def examples(self) -> int:
         """Examples each side runs through encoder + decoder (an upper bound)."""
         return sum(self.batch_sizes) + 5 * self.edge_batch + self.recon_n
 
     def as_kwargs(self) -> dict[str, Any]:
-        return {"batch_sizes": self.batch_sizes, "edge_batch": self.edge_batch, "recon_n": self.recon_n}
+        return {"batch_sizes": self.batch_sizes, "edge_batch": self.edge_batch, "recon_n": self.recon_n,
+                "user_latent": self.user_latent}
 
 
 def graph_flops(folder: str | Path, input_shape: Sequence[int], latent_shape: Sequence[int]) -> float | None:
@@ -170,3 +173,38 @@ class MemoBackend(Backend):
 
     def _decode(self, z: np.ndarray) -> np.ndarray:
         return self._cached("decode", z, self.inner._decode)
+
+
+#: The latent side users decode at: 64 (a 512 px image for 8x VAEs such as Stable Diffusion's).
+USER_LATENT_SIDE = 64
+
+
+def user_size_latent(latent_shape: Sequence[int], example_latent: Sequence[int]) -> tuple[int, ...] | None:
+    """The latent a user decodes when the export's example is smaller: ``(C, 64, 64)`` for a
+    spatial latent ``(C, -1, -1)``; None when the latent is fixed or the example already that big."""
+    if len(latent_shape) != 3 or not all(d < 0 for d in latent_shape[1:]) or len(example_latent) != 3:
+        return None
+    if min(example_latent[1:]) >= USER_LATENT_SIDE:
+        return None
+    return (int(example_latent[0]), USER_LATENT_SIDE, USER_LATENT_SIDE)
+
+
+def add_user_size(plan: CasePlan, folder: str | Path, flops_per_example: float | None, latent: tuple[int, ...],
+                  *, budget_s: float = DEFAULT_TIME_BUDGET_S, gflops: float = ASSUMED_GFLOPS) -> tuple[CasePlan, str]:
+    """``plan`` with one decoder case at ``latent`` when its cost (decoder FLOPs counted at that
+    size, run on both sides) fits what the budget has left; else ``plan`` as it was. The second
+    value says which, and why (recorded in verify's ``sizing``)."""
+    from dataclasses import replace
+
+    from vae_deploy.bench import onnx_flops
+
+    try:
+        dec = onnx_flops(Path(folder) / "decoder.onnx", latent)
+    except Exception as e:
+        return plan, f"skipped: the decoder's cost at {list(latent)} could not be counted ({type(e).__name__})"
+    used = estimated_seconds(flops_per_example, plan) or 0.0
+    cost = 2 * float(dec or 0) / (gflops * 1e9)
+    if dec is None or used + cost > budget_s:
+        return plan, (f"skipped: a decode at latent {list(latent)} is estimated at {cost:.0f} s on top of "
+                      f"{used:.0f} s, over the {budget_s:g} s budget (raise --time-budget)")
+    return replace(plan, user_latent=tuple(latent)), f"decoder at latent {list(latent)}, estimated {cost:.1f} s"

@@ -70,6 +70,13 @@ class Runtime(Backend):
         force_bf16: bool = False,
     ) -> None:
         check_threads(threads)
+        if engine == "onnxruntime" and session_options is None and spec is not None \
+                and any(d < 0 for d in spec.latent_shape):
+            # Sizes vary call to call (any image size, tiles of several shapes): onnxruntime's CPU
+            # arena only grows (chunks rounded up, kept per size), which took tiled decode of an SD
+            # VAE at 768 px to 2.40 GB peak RSS; without it 1.59 GB (bench/tiled_memory.py).
+            session_options = default_session_options(threads)
+            session_options.enable_cpu_mem_arena = False
         extra = {"session_options": session_options, "device_id": device_id} if engine == "onnxruntime" else (
             {"session_options": session_options} if session_options is not None else {})
         self.engine = open_engine(engine, encoder_path, decoder_path, precision=precision, provider=provider,
@@ -208,6 +215,7 @@ def spec_from_session(sess: Any) -> ExportSpec:
             latents_std=_floats(meta.get(f"{META_PREFIX}latents_std", "")),
             latent_layouts=tuple(v for v in meta.get(f"{META_PREFIX}latent_layouts", "").split(",") if v),
             output_range=_floats(meta.get(f"{META_PREFIX}output_range", "")),
+            posterior=meta.get(f"{META_PREFIX}posterior", "gaussian"),
         )
     except KeyError as e:
         raise ArtifactError(f"ONNX model lacks the vae-deploy metadata key {e.args[0]!r}") from None

@@ -32,7 +32,7 @@ from vae_deploy.artifacts import (
 )
 from vae_deploy.errors import ArtifactError
 from vae_deploy.extras import available
-from vae_deploy.parity import compare_backends
+from vae_deploy.parity import compare_backends, input_range, uniform_inputs
 from vae_deploy.tolerance import tolerance_for
 from vae_deploy.verify_report import VerifyResult, format_verification  # noqa: F401 - part of the API
 
@@ -171,17 +171,19 @@ def load_inputs(spec: ExportSpec, data: str | Path | None = None, example_x: Any
         except Exception as e:  # the data may be gone on this machine: fall through, but say so loudly
             problem = f"the training data {s.get('path') or s['name']!r} was not found or changed ({e})"
     rng = np.random.default_rng(0)
+    low, high = input_range(spec)
+    span = f"[{low:g}, {high:g})"
     # a foreign model's example input (images the user gave); ours have the data spec instead
     if spec.adapter and example_x is not None and hasattr(example_x, "detach") \
             and example_x.ndim == len(spec.input_shape) + 1:
         given = example_x.detach().to("cpu").float().numpy()[:8]
-        extra = rng.random((max(0, 8 - len(given)), *given.shape[1:]), dtype=np.float32)
+        extra = uniform_inputs(rng, (max(0, 8 - len(given)), *given.shape[1:]), spec)
         return (np.concatenate([given, extra]), "example",
-                f"the {len(given)} example inputs given, then seeded uniform [0, 1) inputs", problem)
+                f"the {len(given)} example inputs given, then seeded uniform {span} inputs", problem)
     warning = (problem or "no real data is recorded for this export") + (
-        ": the encoder is checked on uniform [0, 1) random inputs (rows labelled 'random'), which exercise the "
+        f": the encoder is checked on uniform {span} random inputs (rows labelled 'random'), which exercise the "
         "graphs but say nothing about accuracy on real data; pass --data FILE (.npy/.npz) to check real examples")
-    return rng.random((n, *shape), dtype=np.float32), "random", "uniform [0, 1) random inputs, seed 0", warning
+    return uniform_inputs(rng, (n, *shape), spec), "random", f"uniform {span} random inputs, seed 0", warning
 
 
 def _diffusers_reference(manifest: dict[str, Any], folder: str, subfolder: str | None) -> tuple[Exportable, str]:
@@ -305,11 +307,13 @@ def verify_export(
         DEFAULT_TIME_BUDGET_S,
         CasePlan,
         MemoBackend,
+        add_user_size,
         demote_knife_edges,
         estimated_seconds,
         graph_flops,
         has_normalisation,
         plan_cases,
+        user_size_latent,
     )
     from vae_deploy.progress import Progress
 
@@ -363,8 +367,13 @@ def verify_export(
         if integrity["passed"]:
             flops = graph_flops(folder, x_data.shape[1:], concrete_latent_shape(ref_backend, x_data))
         plan = plan_cases(flops, budget_s=budget)
+        user = user_size_latent(spec.latent_shape, concrete_latent_shape(ref_backend, x_data)) \
+            if integrity["passed"] else None
+        user_note = "not applicable (fixed latent, or the example is already that size)"
+        if user is not None:
+            plan, user_note = add_user_size(plan, folder, flops, user, budget_s=budget)
         sizing = {"batch_sizes": "sized to the model", "flops_per_example": flops, "time_budget_s": budget,
-                  "estimated_s_per_backend": estimated_seconds(flops, plan)}
+                  "estimated_s_per_backend": estimated_seconds(flops, plan), "user_size": user_note}
     else:
         plan = CasePlan(tuple(batch_sizes))
     sizing.update(chosen=list(plan.batch_sizes), edge_batch=plan.edge_batch, recon_n=plan.recon_n)

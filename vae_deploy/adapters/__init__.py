@@ -35,9 +35,11 @@ def from_diffusers(
 ) -> Exportable:
     """A diffusers VAE folder (or a pipeline folder's ``vae/``) as an ``Exportable``, probed on
     ``example_input`` (default: a seeded [-1, 1] batch of ``input_shape``, else 3x64x64)."""
-    from vae_deploy.adapters.diffusers_folder import example_for, load_diffusers, resolve_folder
+    from vae_deploy.adapters.diffusers_folder import example_for, load_diffusers, read_config, resolve_folder
+    from vae_deploy.adapters.families import refuse_class
 
     root, sub = resolve_folder(path, subfolder)
+    refuse_class(read_config(root / sub if sub else root).get("_class_name"))  # before loading the weights
     module = load_diffusers(root, sub)
     x = example_input if example_input is not None else example_for(module, input_shape)
     exp = from_module(module, x, likelihood=likelihood, dynamic_spatial=dynamic_spatial,

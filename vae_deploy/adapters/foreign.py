@@ -24,7 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from vae_deploy.adapters.outputs import GAUSSIAN_FORMS, TENSOR_FORMS, NoFit, as_gaussian, as_tensor, describe
+from vae_deploy.adapters.families import refuse_class, require_video_input
+from vae_deploy.adapters.outputs import (
+    DETERMINISTIC_FORMS,
+    DETERMINISTIC_LOGVAR,
+    GAUSSIAN_FORMS,
+    TENSOR_FORMS,
+    NoFit,
+    as_gaussian,
+    as_latent,
+    as_tensor,
+    describe,
+    deterministic_pair,
+)
 from vae_deploy.errors import ConfigError
 from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
 from vae_deploy.images import export_output_range
@@ -81,6 +93,7 @@ class Probe:
     x_hat: torch.Tensor
     encode_form: str
     decode_form: str
+    posterior: str = "gaussian"  # or "deterministic": the encoder returns a point, logvar is a constant
     notes: list[str] = field(default_factory=list)
 
 
@@ -94,10 +107,7 @@ def _run_halves(module: nn.Module, adapter: Adapter, x: torch.Tensor, check_dete
         out = enc(x)
     except Exception as e:
         raise NoFit(f"{call_e} with x {describe(x)} raised {type(e).__name__}: {e}") from None
-    try:
-        mu, logvar, e_form = as_gaussian(out)
-    except NoFit as e:
-        raise NoFit(f"{call_e} returned {e}; expected {', or '.join(GAUSSIAN_FORMS)}") from None
+    mu, logvar, e_form, posterior = _posterior(out, call_e)
     if mu.shape[:1] != x.shape[:1]:
         raise NoFit(f"{call_e} returned mu {describe(mu)} for a batch of {x.shape[0]}: the batch axis must come first")
     if not callable(dec):
@@ -113,11 +123,28 @@ def _run_halves(module: nn.Module, adapter: Adapter, x: torch.Tensor, check_dete
     if x_hat.shape != x.shape:
         raise NoFit(f"{call_d} returned x_hat {describe(x_hat)} for x {describe(x)}: the contract needs "
                     "x_hat of the input's shape")
-    again = as_gaussian(enc(x)) if check_determinism else (mu, logvar)
+    again = _posterior(enc(x), call_e)[:2] if check_determinism else (mu, logvar)
     if not (torch.equal(again[0], mu) and torch.equal(again[1], logvar)):
         raise NoFit(f"{call_e} is not deterministic (two calls on the same x differ): it must return the "
                     "posterior's parameters, not a sample; noise is the host's job")
-    return Probe(adapter, mu, x_hat, e_form, d_form)
+    return Probe(adapter, mu, x_hat, e_form, d_form, posterior=posterior)
+
+
+def _posterior(out: Any, call_e: str) -> tuple[torch.Tensor, torch.Tensor, str, str]:
+    """``(mu, logvar, form, posterior)``: a diagonal Gaussian, else a deterministic encoder's
+    latent (``.latents``/``.latent``) with the constant ``DETERMINISTIC_LOGVAR``."""
+    try:
+        mu, logvar, form = as_gaussian(out)
+        return mu, logvar, form, "gaussian"
+    except NoFit as e:
+        gaussian_error = e
+    try:
+        z, form = as_latent(out)
+    except NoFit:
+        raise NoFit(f"{call_e} returned {gaussian_error}; expected "
+                    f"{', or '.join(GAUSSIAN_FORMS + DETERMINISTIC_FORMS)}") from None
+    mu, logvar = deterministic_pair(z)
+    return mu, logvar, form, "deterministic"
 
 
 def _missing(attr: str, found: Any) -> str:
@@ -252,8 +279,12 @@ def from_module(
     lik = likelihood or "unknown"
     if lik not in LIKELIHOODS:
         raise ConfigError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+    refuse_class(type(module).__name__)
     module = module.eval()
+    if example_input is None:
+        require_video_input(module, None)
     x = _example(module, example_input)
+    require_video_input(module, x.ndim)
     adapters = (named_adapter(encode_fn, decode_fn),) if encode_fn or decode_fn else ADAPTERS
     probe = detect(module, x, adapters)
     dyn_latent = _dynamic_spatial(module, probe, x, dynamic_spatial)
@@ -275,7 +306,8 @@ def from_module(
         config={
             "adapter": probe.adapter.name,
             "class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "encode": f"module.{enc_attr}(x){probe.encode_form}",
+            "encode": f"module.{enc_attr}(x){probe.encode_form}"
+                      + (f" (deterministic; logvar = {DETERMINISTIC_LOGVAR:g})" if probe.posterior == "deterministic" else ""),
             "decode": f"module.{dec_attr}(z){probe.decode_form}",
             "likelihood_stated": likelihood is not None,
             **{f"{k}_fn": v for k, v in (("encode", encode_fn), ("decode", decode_fn)) if v},
@@ -285,13 +317,20 @@ def from_module(
         example_input_shape=tuple(x.shape[1:]),
         example_latent_shape=tuple(probe.mu.shape[1:]),
         output_range=export_output_range(lik, _family(module, probe.adapter)),
+        posterior=probe.posterior,
     )
     from vae_deploy.adapters.diffusers_folder import with_latent_statistics
 
     spec = with_latent_statistics(spec, module)  # latents_mean/std, FLUX.2's bn, accepted layouts
     enc, dec = probe.adapter.halves(module)
+    if probe.posterior == "deterministic":
+        def encode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return deterministic_pair(as_latent(enc(t))[0])
+    else:
+        def encode(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return as_gaussian(_unvalidated(enc, t))[:2]
     return Exportable(
-        encoder=EncoderGraph(lambda t: as_gaussian(_unvalidated(enc, t))[:2], module),
+        encoder=EncoderGraph(encode, module),
         decoder=DecoderGraph(lambda z: as_tensor(_unvalidated(dec, z))[0], module),
         spec=spec,
         example_x=x,

@@ -21,6 +21,13 @@ LOGVAR_KEYS = ("logvar", "log_var", "z_log_var", "log_variance")
 STD_KEYS = ("std", "stddev", "sigma", "scale")
 VAR_KEYS = ("var", "variance")
 WRAPPER_KEYS = ("latent_dist", "posterior", "dist")
+#: Attributes/keys holding a deterministic encoder's latent (diffusers' ``AutoencoderTinyOutput.latents``,
+#: ``EncoderOutput.latent`` of ``AutoencoderDC``): no spread, the posterior is a point.
+LATENT_KEYS = ("latents", "latent")
+#: The log-variance a deterministic encoder's graph returns: ``exp(0.5 * logvar)`` is exactly 0 in
+#: float32 and float16 (and 7e-218 in float64), so ``mu + exp(0.5 * logvar) * eps == mu`` in every
+#: consumer that reparameterises, and ``exp(logvar)`` is 0 even in float64 (KL stays finite).
+DETERMINISTIC_LOGVAR = -1000.0
 #: Mapping keys read as the decoder's output.
 OUTPUT_KEYS = ("sample", "x_hat", "recon", "x_recon", "reconstruction", "mean")
 
@@ -29,6 +36,10 @@ GAUSSIAN_FORMS = ("a (mu, logvar) tuple", "an object with tensor attributes .mea
                   "a Normal-like object with .mean and .stddev, .variance or .scale (torch.distributions.Normal)",
                   f"a mapping with keys {'/'.join(MEAN_KEYS)} and {'/'.join(LOGVAR_KEYS + STD_KEYS + VAR_KEYS)}",
                   "an object or mapping with .latent_dist holding one of these", "a 1-tuple holding one of these")
+#: What a deterministic encoder may return (exported with posterior "deterministic").
+DETERMINISTIC_FORMS = (f"an object with a tensor attribute {' or '.join('.' + k for k in LATENT_KEYS)} "
+                       "(a deterministic encoder: AutoencoderTiny, AutoencoderDC)",
+                       f"a mapping with key {'/'.join(LATENT_KEYS)}")
 #: What the decoder side accepts.
 TENSOR_FORMS = ("a tensor", "an object with a tensor attribute .sample or .mean (a distribution)",
                 f"a mapping with one of the keys {'/'.join(OUTPUT_KEYS)}", "a 1-tuple holding a tensor")
@@ -50,7 +61,7 @@ def describe(obj: Any, depth: int = 0) -> str:
     if isinstance(obj, Mapping):
         inner = ", ".join(f"{k}={describe(v, depth + 1)}" for k, v in list(obj.items())[:4])
         return f"{type(obj).__name__}({inner})"
-    attrs = [a for a in ("latent_dist", "mean", "logvar", "stddev", "variance", "mu", "sample") if _has_value(obj, a)]
+    attrs = [a for a in ("latent_dist", "mean", "logvar", "stddev", "variance", "mu", "sample", *LATENT_KEYS) if _has_value(obj, a)]
     if attrs:
         inner = ", ".join(f".{a}={describe(getattr(obj, a), depth + 1)}" for a in attrs)
         return f"{type(obj).__name__}({inner})"
@@ -127,6 +138,29 @@ def _get(obj: Any, name: str) -> Any:
     except Exception:  # e.g. a distribution property that is not implemented
         return None
     return None if callable(value) and not isinstance(value, torch.Tensor) else value
+
+
+def as_latent(out: Any) -> tuple[torch.Tensor, str]:
+    """``(z, how)`` from a deterministic encoder's output (``.latents``, ``.latent``, or such a
+    key, possibly in a 1-tuple). A bare tensor is not accepted: an encoder returning one tensor
+    may be a Gaussian's packed moments, and guessing would export the wrong thing silently."""
+    if isinstance(out, (tuple, list)) and len(out) == 1:
+        z, how = as_latent(out[0])
+        return z, f"[0]{how}"
+    if isinstance(out, Mapping):
+        key = next((k for k in LATENT_KEYS if _is_float_tensor(out.get(k))), None)
+        if key is not None:
+            return out[key], f"[{key!r}]"
+    for attr in LATENT_KEYS:
+        if _is_float_tensor(_get(out, attr)):
+            return _get(out, attr), f".{attr}"
+    raise NoFit(describe(out))
+
+
+def deterministic_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The contract's ``(mu, logvar)`` for a deterministic encoder: ``mu = z`` and a constant
+    ``DETERMINISTIC_LOGVAR`` of its shape (a ``ConstantOfShape`` in the graph, no random op)."""
+    return z, torch.full_like(z, DETERMINISTIC_LOGVAR)
 
 
 def as_tensor(out: Any) -> tuple[torch.Tensor, str]:

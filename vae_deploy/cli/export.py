@@ -25,8 +25,9 @@ from vae_deploy.cli.options import (
 @user_model_options
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("export"), show_default=True,
               callback=out_folder)
-@click.option("--format", "formats", default="onnx,torchscript", show_default=True, callback=formats_option,
-              help="Comma-separated: onnx, torchscript.")
+@click.option("--format", "formats", default=None, callback=lambda c, p, v: None if v is None else formats_option(c, p, v),
+              help="Comma-separated: onnx, torchscript. Default: onnx,torchscript for a checkpoint or --model; "
+                   "onnx for --diffusers (every consumer reads ONNX; TorchScript doubled the size and time).")
 @click.option("--opset", type=click.IntRange(14, 99), default=18, show_default=True)
 @click.option("--precision", "precisions", default="fp32", show_default=True, callback=precisions_option,
               help="Comma-separated ONNX variants to write: fp32 (always), fp32-fast (exact CPU rewrite), "
@@ -40,7 +41,7 @@ from vae_deploy.cli.options import (
 @friendly_errors
 def export(checkpoint: Path | None, model_target: str | None, weights: Path | None, input_shape: tuple[int, ...] | None,
            latent_dim: int | None, likelihood: str | None, diffusers_path: Path | None, subfolder: str | None,
-           encode_fn: str | None, decode_fn: str | None, out: Path, formats: tuple[str, ...], opset: int,
+           encode_fn: str | None, decode_fn: str | None, out: Path, formats: tuple[str, ...] | None, opset: int,
            precisions: tuple[str, ...], int8_method: str, strict: bool, no_verify: bool,
            json_path: Path | None) -> None:
     """Export a checkpoint's (or your own VAE's) encoder and decoder (ONNX, TorchScript) with a manifest.
@@ -58,6 +59,8 @@ def export(checkpoint: Path | None, model_target: str | None, weights: Path | No
     if checkpoint is None and model_target is None and diffusers_path is None:
         raise click.UsageError("give a CHECKPOINT, or --model package.module:factory --weights state_dict.pt, "
                                "or --diffusers FOLDER")
+    if formats is None:
+        formats = ("onnx",) if diffusers_path is not None else ("onnx", "torchscript")
     prog = Progress("export", enabled=True)
     with prog.stage("loading the model"):
         source = model_source(checkpoint, model_target, weights, input_shape, latent_dim, likelihood,

@@ -248,7 +248,8 @@ def user_model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
                      help="With --model: a state dict file (torch.save(model.state_dict(), path), or .safetensors)."),
         click.option("--input-shape", callback=ints, default=None,
-                     help="With --model: per-example input shape, e.g. 3,32,32 or 784 (default: inferred)."),
+                     help="With --model or --diffusers: per-example input shape, e.g. 3,32,32 or 784, or C,T,H,W "
+                          "for a video VAE such as 3,5,32,32 (default: inferred)."),
         click.option("--latent-dim", type=LATENT_DIM, default=None,
                      help="With --model: passed to the factory as latent_dim= when it takes one; checked "
                           "against the latent's first axis."),

@@ -73,16 +73,19 @@ def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n
             note = f" (training data unavailable: {e})"
     else:
         note = ""
+    from vae_deploy.parity import input_range, uniform_inputs
+
     rng = np.random.default_rng(0)
+    span = "[{:g}, {:g})".format(*input_range(spec))  # the range the VAE takes: [-1, 1) for diffusers'
     if spec.adapter and example_x is not None and example_x.ndim == len(spec.input_shape) + 1:
         n = min(n, 8)
         given = example_x.detach().to("cpu", torch.float32).numpy()[:n]
-        extra = rng.random((n - len(given), *given.shape[1:]), dtype=np.float32)
+        extra = uniform_inputs(rng, (n - len(given), *given.shape[1:]), spec)
         return (np.concatenate([given, extra]),
-                f"the {len(given)} example inputs given, then seeded uniform [0, 1) inputs of shape "
+                f"the {len(given)} example inputs given, then seeded uniform {span} inputs of shape "
                 f"{list(given.shape[1:])}{note}")
     shape = [d if d > 0 else 16 for d in spec.concrete_input_shape]
-    return rng.random((n, *shape), dtype=np.float32), f"uniform [0, 1) random inputs, seed 0{note}"
+    return uniform_inputs(rng, (n, *shape), spec), f"uniform {span} random inputs, seed 0{note}"
 
 
 def export(

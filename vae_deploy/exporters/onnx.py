@@ -19,6 +19,7 @@ from torch import nn
 
 from vae_deploy.contract import random_ops
 from vae_deploy.errors import ExportError
+from vae_deploy.exporters._exact_rewrites import exact_noop_rewrites
 from vae_deploy.exporters._quiet import quiet_torch
 
 EXPORTER_NAME = "torch.onnx.export(dynamo=True)"
@@ -56,7 +57,7 @@ def export_onnx(
     afterwards. As a last guard, an input axis that still came out fixed is refused.
     """
     dims = {axis: torch.export.Dim.DYNAMIC for axis in dynamic_dims}
-    with quiet_torch() as log:
+    with quiet_torch() as log, exact_noop_rewrites():
         try:
             torch.onnx.export(
                 module.eval(),
