@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 # (the dev extra includes it), else the MLP on the bundled 8x8 digits.
 DEMO_MNIST := --data mnist --family conv --latent-dim 16 --epochs 20 --keep best --patience 5
 demo: install
-	if $(PYTHON) -c "import sys; from vae_deploy.data import mnist_available; sys.exit(not mnist_available())"; \
+	if $(PYTHON) -c "import sys; from vae_deploy.training.data import mnist_available; sys.exit(not mnist_available())"; \
 	then $(BIN)/vae-deploy train $(DEMO_MNIST) --out runs/demo/ckpt.pt; \
 	else $(BIN)/vae-deploy train --out runs/demo/ckpt.pt; fi
 	$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export
@@ -72,7 +72,7 @@ site: install web-deps
 # Time to first image and decode latency in the page beside the Python Runtime.
 web-bench: install web-deps
 	test -f export/manifest.json || $(MAKE) demo
-	$(PYTHON) -m vae_deploy.web.measure export --out bench/results/web
+	$(PYTHON) -m vae_deploy.serving.web.measure export --out bench/results/web
 
 lint: install
 	$(BIN)/ruff check vae_deploy tests bench
@@ -93,7 +93,7 @@ bench: install
 # The CI perf guard (under a minute): a quick run on the demo export compared with a baseline
 # report of the same CPU class; exit 1 when a backend's speed-up vs eager drops by more than noise.
 # Record the baseline once per runner class with `make bench-guard-baseline`.
-GUARD_BASELINE ?= bench/baseline-$(shell $(PYTHON) -c "from vae_deploy.engines.cpu import cpu_class; print(cpu_class())" 2>/dev/null).json
+GUARD_BASELINE ?= bench/baseline-$(shell $(PYTHON) -c "from vae_deploy.runtime.engines.cpu import cpu_class; print(cpu_class())" 2>/dev/null).json
 bench-guard: install
 	test -f export/manifest.json || { $(BIN)/vae-deploy train --quiet --out runs/demo/ckpt.pt && \
 		$(BIN)/vae-deploy export runs/demo/ckpt.pt --out export; }

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from vae_deploy import bench as vb
+from vae_deploy import benchmarking as vb
 
 ROOT = Path(__file__).resolve().parent.parent
 

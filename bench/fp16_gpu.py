@@ -32,12 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vae_deploy.adapters import from_vae
-    from vae_deploy.backends import TorchBackend
+    from vae_deploy.checks.parity import compare_backends
     from vae_deploy.exporters import export
-    from vae_deploy.model import VAE, VAEConfig
-    from vae_deploy.parity import compare_backends
-    from vae_deploy.providers import provider_works
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.backends import TorchBackend
+    from vae_deploy.runtime.core import Runtime
+    from vae_deploy.runtime.providers import provider_works
+    from vae_deploy.training.model import VAE, VAEConfig
 
     print(f"onnxruntime {ort.__version__}, providers {ort.get_available_providers()}")
     if not provider_works("cuda"):

@@ -53,7 +53,7 @@ def _time(fn, budget_s: float = 1.0, min_rounds: int = 5) -> float:
 
 def check_export(folder: Path, batch_sizes: list[int]) -> dict:
     from vae_deploy.exporters.manifest import load_manifest
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     manifest = load_manifest(folder)
     precisions = sorted({e["precision"] for e in manifest["files"].values() if e["format"] == "onnx"})
@@ -96,7 +96,7 @@ def main() -> int:
     ap.add_argument("--batch-sizes", default="1,64,512,4096")
     ap.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     args = ap.parse_args()
-    from vae_deploy.providers import provider_works
+    from vae_deploy.runtime.providers import provider_works
 
     result: dict = {"env": _env(), "cuda_works": provider_works("cuda"), "tensorrt_works": provider_works("tensorrt")}
     print(json.dumps(result, indent=1), flush=True)

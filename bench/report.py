@@ -4,7 +4,7 @@
     python bench/report.py export --quick       # any `vae-deploy bench` arguments
     python bench/report.py --from bench/results/report.json   # re-render an earlier run
 
-The measuring lives in ``vae_deploy.bench`` and the rendering in ``vae_deploy.bench.report``,
+The measuring lives in ``vae_deploy.benchmarking`` and the rendering in ``vae_deploy.benchmarking.report``,
 so ``vae-deploy bench`` (installed users, no checkout) writes the same report.
 """
 
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
         if len(argv) < 2:
             print("usage: python bench/report.py --from report.json [OUT_DIR]", file=sys.stderr)
             return 2
-        from vae_deploy.bench.report import write_report
+        from vae_deploy.benchmarking.report import write_report
 
         src = Path(argv[1])
         out = Path(argv[2]) if len(argv) > 2 else src.parent

@@ -41,7 +41,7 @@ def psnr(ref: np.ndarray, got: np.ndarray) -> float:
 def _ort(path: Path, threads: int, *, level: str = "all") -> Any:
     import onnxruntime as ort
 
-    from vae_deploy.engines.onnxruntime import default_session_options
+    from vae_deploy.runtime.engines.onnxruntime import default_session_options
 
     so = default_session_options(threads)
     if level == "none":
@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from vae_deploy.bench.flops import onnx_flops
-    from vae_deploy.bench.sd import prepare_sd
-    from vae_deploy.engines.cpu import cpu_class, native_bf16
+    from vae_deploy.benchmarking.sd import prepare_sd
+    from vae_deploy.checks.flops import onnx_flops
+    from vae_deploy.runtime.engines.cpu import cpu_class, native_bf16
 
     torch.set_num_threads(a.threads)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from bench.conftest import backend, models
-from vae_deploy import bench as vb
+from vae_deploy import benchmarking as vb
 
 
 def _run(benchmark, case, op: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 _OURS = """
 import json, resource, numpy as np
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
 rt = Runtime.load({export!r}, provider="cpu", threads={threads})
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 z = np.random.default_rng(0).standard_normal((1, {channels}, {size}, {size}), dtype=np.float32)

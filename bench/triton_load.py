@@ -114,7 +114,7 @@ def _demo_export(folder: Path) -> Path:
     import torch
 
     from vae_deploy.exporters import export
-    from vae_deploy.model import VAE, VAEConfig
+    from vae_deploy.training.model import VAE, VAEConfig
 
     torch.manual_seed(0)
     return export(VAE(VAEConfig()).eval(), folder / "export", formats=("onnx",), verify=False).out_dir
@@ -189,8 +189,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
     import pytriton
 
-    from vae_deploy.runtime import Runtime
-    from vae_deploy.serve import ServeOptions, VaeTritonServer
+    from vae_deploy.runtime.core import Runtime
+    from vae_deploy.serving.serve import ServeOptions, VaeTritonServer
 
     tmp = tempfile.TemporaryDirectory(prefix="vae-triton-bench-")
     export_dir = Path(args.export) if args.export else _demo_export(Path(tmp.name))

@@ -42,7 +42,7 @@ TARGETS = {("conv28", "fp32-fast"): 3.0, ("mlp784", "int8"): 4.5, ("conv64x3", "
 def _session(path: Path, threads: int):
     import onnxruntime as ort
 
-    from vae_deploy.runtime import default_session_options
+    from vae_deploy.runtime.core import default_session_options
 
     return ort.InferenceSession(str(path), default_session_options(threads), providers=["CPUExecutionProvider"])
 
@@ -56,7 +56,7 @@ def build_backends(name: str, cfg: dict[str, Any], folder: Path, threads: int, b
     from vae_deploy.exporters import export
     from vae_deploy.exporters.quantize import quantize_int8
     from vae_deploy.exporters.variants import calibration_inputs
-    from vae_deploy.model import VAE, VAEConfig
+    from vae_deploy.training.model import VAE, VAEConfig
 
     torch.manual_seed(0)
     model = VAE(VAEConfig(**cfg)).eval()
@@ -120,11 +120,11 @@ def quality() -> dict[str, Any]:
     """Train small VAEs on digits and export int8: what does it cost on a real model?"""
     import torch
 
-    from vae_deploy.data import load_dataset
     from vae_deploy.exporters import export
     from vae_deploy.exporters.variants import parity_digest
-    from vae_deploy.model import VAEConfig
-    from vae_deploy.train import TrainConfig, checkpoint_meta, train
+    from vae_deploy.training.data import load_dataset
+    from vae_deploy.training.model import VAEConfig
+    from vae_deploy.training.train import TrainConfig, checkpoint_meta, train
 
     torch.set_num_threads(1)
     ds = load_dataset("digits")
@@ -134,7 +134,7 @@ def quality() -> dict[str, Any]:
                       }.items():
         tcfg = TrainConfig(epochs=150, batch_size=128, seed=0)
         result = train(cfg, ds, tcfg, progress=False)
-        from vae_deploy.checkpoint import save_checkpoint
+        from vae_deploy.training.checkpoint import save_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = save_checkpoint(Path(tmp) / "ckpt.pt", result.model, checkpoint_meta(ds, tcfg, result))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vae_deploy.checkpoint import save_checkpoint
-from vae_deploy.data import load_dataset
-from vae_deploy.model import VAE, VAEConfig
+from vae_deploy.training.checkpoint import save_checkpoint
+from vae_deploy.training.data import load_dataset
+from vae_deploy.training.model import VAE, VAEConfig
 
 TINY = {
     "mlp": VAEConfig(family="mlp", input_shape=(1, 8, 8), latent_dim=4, hidden=(32,)),
@@ -31,7 +31,7 @@ def digits():
 @pytest.fixture(scope="session")
 def tiny_ckpts(tmp_path_factory, digits) -> dict[str, Path]:
     """A seeded, briefly trained checkpoint per family (trained so outputs are not trivial)."""
-    from vae_deploy.train import TrainConfig, checkpoint_meta, train
+    from vae_deploy.training.train import TrainConfig, checkpoint_meta, train
 
     out = {}
     root = tmp_path_factory.mktemp("ckpts")

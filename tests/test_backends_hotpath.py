@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vae_deploy.backends import _DOT_CHECK_MAX, _all_finite
+from vae_deploy.runtime.backends import _DOT_CHECK_MAX, _all_finite
 
 
 @pytest.mark.parametrize("shape", [(0, 4), (1, 8), (3, 1, 28, 28), (1, _DOT_CHECK_MAX), (1, _DOT_CHECK_MAX + 1)])

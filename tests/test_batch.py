@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from vae_deploy.batch import BatchError, plan_shards, read_outputs, run_batch, shard_rng
 from vae_deploy.cli import main
 from vae_deploy.errors import DataError
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.batch import BatchError, plan_shards, read_outputs, run_batch, shard_rng
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_image_folders_are_read_by_the_training_loader(exports, tmp_path):
     equals Runtime.encode on what that loader returns."""
     from PIL import Image
 
-    from vae_deploy.data import load_image_folder
+    from vae_deploy.training.data import load_image_folder
 
     imgs = tmp_path / "imgs"
     (imgs / "sub").mkdir(parents=True)
@@ -192,7 +192,7 @@ def test_cli_summary_and_one_line_errors(exports, x_file, tmp_path, monkeypatch)
                                     "--runtime-option", "no_such_option=1"])
     assert res.exit_code == 1 and "Error: --runtime-option: the Runtime takes no option no_such_option;" in res.output
     assert "max_batch" not in res.output  # the job sets it: not the user's business
-    import vae_deploy.batch.job as job
+    import vae_deploy.serving.batch.job as job
 
     monkeypatch.setattr(job, "ray_available", lambda: False)
     res = CliRunner().invoke(main, ["batch", "sample", str(exports["mlp"]), "-n", "10", "--out", str(tmp_path / "r"),
@@ -208,7 +208,7 @@ def test_batch_workers_need_no_torch(exports, x_file, tmp_path):
 
     code = (
         "import sys\n"
-        "from vae_deploy.batch import run_batch\n"
+        "from vae_deploy.serving.batch import run_batch\n"
         f"run_batch('encode', {str(exports['mlp'])!r}, {str(tmp_path / 'o')!r}, input_path={str(x_file)!r})\n"
         "bad = [m for m in ('torch', 'sklearn', 'ray') if m in sys.modules]\n"
         "assert not bad, bad\n"
@@ -218,7 +218,7 @@ def test_batch_workers_need_no_torch(exports, x_file, tmp_path):
 
 
 def test_a_tampered_export_is_refused_before_a_cluster_starts(exports, x_file, tmp_path, monkeypatch):
-    import vae_deploy.batch.job as job
+    import vae_deploy.serving.batch.job as job
     from tests.conftest import copy_export
     from vae_deploy.errors import ArtifactError
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_deploy.batch import BatchError, read_outputs, run_batch
-from vae_deploy.batch import output as output_mod
-from vae_deploy.batch.lock import LOCK, FolderLock
+from vae_deploy.serving.batch import BatchError, read_outputs, run_batch
+from vae_deploy.serving.batch import output as output_mod
+from vae_deploy.serving.batch.lock import LOCK, FolderLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +62,8 @@ def test_a_second_job_on_a_locked_folder_fails_at_once(exports, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from vae_deploy.batch.lock import FolderLock;"
-        "from vae_deploy.batch import BatchError; FolderLock(Path(sys.argv[1]), BatchError).acquire();"
+        "import sys, time; from pathlib import Path; from vae_deploy.serving.batch.lock import FolderLock;"
+        "from vae_deploy.serving.batch import BatchError; FolderLock(Path(sys.argv[1]), BatchError).acquire();"
         "print('locked', flush=True); time.sleep(60)"), str(out)], stdout=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

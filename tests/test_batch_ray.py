@@ -20,9 +20,9 @@ import pytest
 from click.testing import CliRunner
 
 import vae_deploy
-from vae_deploy.batch import read_outputs, recorded_shards, run_batch
 from vae_deploy.cli import main
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.batch import read_outputs, recorded_shards, run_batch
 
 ray = pytest.importorskip("ray", reason="the ray extra (pip install 'vae-deploy[ray]') is not installed")
 pytestmark = pytest.mark.slow

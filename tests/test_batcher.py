@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from vae_deploy.batcher import MicroBatcher
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.batcher import MicroBatcher
+from vae_deploy.runtime.core import Runtime
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from vae_deploy.batcher import BatcherClosedError, MicroBatcher
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.batcher import BatcherClosedError, MicroBatcher
+from vae_deploy.runtime.core import Runtime
 
 
 @pytest.fixture(scope="module")

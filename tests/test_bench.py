@@ -11,9 +11,9 @@ import math
 import pytest
 import torch
 
-from vae_deploy import bench as vb
-from vae_deploy.bench.report import write_report
-from vae_deploy.checkpoint import load_checkpoint
+from vae_deploy import benchmarking as vb
+from vae_deploy.benchmarking.report import write_report
+from vae_deploy.training.checkpoint import load_checkpoint
 
 BATCH_SIZES = (1, 4)
 

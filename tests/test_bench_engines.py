@@ -7,10 +7,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from vae_deploy import bench as vb
-from vae_deploy.bench import targets
-from vae_deploy.bench.report import PLOTS_SKIPPED, write_report
-from vae_deploy.engines import cpu
+from vae_deploy import benchmarking as vb
+from vae_deploy.benchmarking import targets
+from vae_deploy.benchmarking.report import PLOTS_SKIPPED, write_report
+from vae_deploy.runtime.engines import cpu
 
 
 def _model(exports):
@@ -79,7 +79,7 @@ def test_auto_is_the_fastest_row_that_passes_its_gate():
 
 
 def test_machine_records_the_cpu_flags():
-    from vae_deploy.bench.machine import machine_info
+    from vae_deploy.benchmarking.machine import machine_info
 
     m = machine_info(vb.BenchConfig.make(quick=True))
     assert set(m["cpu_flags"]) == set(cpu.KEY_FLAGS) and isinstance(m["native_bf16"], bool)
@@ -97,7 +97,7 @@ def test_plots_skipped_is_said(monkeypatch, tmp_path):
     from vae_deploy.cli import main
 
     monkeypatch.setattr(vb, "run_benchmark", lambda *a, **k: {**report, "duration_s": 0.0})
-    monkeypatch.setattr("vae_deploy.bench.report.write_report", lambda r, out: {"markdown": out / "report.md"})
+    monkeypatch.setattr("vae_deploy.benchmarking.report.write_report", lambda r, out: {"markdown": out / "report.md"})
     res = CliRunner().invoke(main, ["bench", "--quick", "--no-reference-models", "--out", str(tmp_path)])
     assert PLOTS_SKIPPED in res.output, res.output
 
@@ -108,7 +108,7 @@ def test_openvino_static_shapes_compile_per_shape_and_agree(exports):
     import numpy as np
 
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    from vae_deploy.engines.openvino import MAX_STATIC, OpenVinoEngine
+    from vae_deploy.runtime.engines.openvino import MAX_STATIC, OpenVinoEngine
 
     folder = exports["conv"]
     dyn = OpenVinoEngine(folder / "encoder.onnx", folder / "decoder.onnx", threads=1)

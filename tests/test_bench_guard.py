@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from vae_deploy.bench.guard import compare, describe
+from vae_deploy.benchmarking.guard import compare, describe
 from vae_deploy.errors import ConfigError
 
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-import vae_deploy.bench.sd as sd
-from vae_deploy.bench.backends import build_backends, make_call
-from vae_deploy.bench.config import BenchConfig
-from vae_deploy.bench.flops import onnx_flops
-from vae_deploy.bench.models import BenchModel, example_shapes, input_batch
+import vae_deploy.benchmarking.sd as sd
+from vae_deploy.benchmarking.backends import build_backends, make_call
+from vae_deploy.benchmarking.config import BenchConfig
+from vae_deploy.benchmarking.models import BenchModel, example_shapes, input_batch
+from vae_deploy.checks.flops import onnx_flops
 
 pytestmark = pytest.mark.slow
 
@@ -75,8 +75,8 @@ def test_sd_sizes_are_validated():
 
 
 def test_bare_session_samples_at_the_given_latent(tiny_sd):
-    from vae_deploy.bench.backends import BareSession
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.benchmarking.backends import BareSession
+    from vae_deploy.runtime.core import Runtime
 
     bare = BareSession(Runtime.load(tiny_sd.folder, provider="cpu"))
     assert bare.sample(2, latent_shape=(4, 8, 8)).shape == (2, 3, 16, 16)

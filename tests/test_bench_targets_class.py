@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vae_deploy.bench.targets import TARGETS, evaluate_targets
+from vae_deploy.benchmarking.targets import TARGETS, evaluate_targets
 
 
 @pytest.mark.parametrize("klass, sd512_target", [("amx", 6.0), ("avx512-bf16", 2.5), ("avx2", 1.3), ("avx512", 1.3)])

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vae_deploy.bench.ceiling import (
+from vae_deploy.benchmarking.ceiling import (
     _matmul_onnx,
     ceilings_by_precision,
     gemm_ceilings,
     row_precision,
     share_of_ceiling,
 )
-from vae_deploy.engines.cpu import KEY_FLAGS, cpu_class, physical_cores, theoretical_peak
+from vae_deploy.runtime.engines.cpu import KEY_FLAGS, cpu_class, physical_cores, theoretical_peak
 
 AMX = {f: True for f in KEY_FLAGS}
 AVX512_BF16 = {**AMX, "amx_bf16": False, "amx_int8": False}
@@ -40,7 +40,7 @@ def test_class_and_peak_follow_the_flags(flags, klass, fp32, bf16, int8):
 
 
 def test_peak_without_a_clock_is_unknown_not_zero(monkeypatch):
-    import vae_deploy.engines.cpu as cpu
+    import vae_deploy.runtime.engines.cpu as cpu
 
     monkeypatch.setattr(cpu, "_clock_ghz", lambda: (None, "unknown"))
     peak = theoretical_peak("fp32", AVX2, cores=4)
@@ -101,7 +101,7 @@ def test_gemm_ceilings_measure_every_engine_here():
 @pytest.mark.parametrize("cap, klass", [("AVX2", "avx2"), ("avx512_core", "avx512"), ("AVX512_CORE_BF16", "avx512-bf16"),
                                         ("", None)])
 def test_onednn_isa_cap_hides_the_flags_above_it(monkeypatch, cap, klass):
-    import vae_deploy.engines.cpu as cpu
+    import vae_deploy.runtime.engines.cpu as cpu
 
     monkeypatch.setattr(cpu, "_cpuinfo", lambda: ("test cpu", frozenset(KEY_FLAGS)))
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)

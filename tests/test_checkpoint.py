@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model
-from vae_deploy.checkpoint import FORMAT_NAME, load_checkpoint, save_checkpoint
 from vae_deploy.errors import CheckpointError
+from vae_deploy.training.checkpoint import FORMAT_NAME, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("family", ["mlp", "conv"])

@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vae_deploy.checkpoint import load_checkpoint
 from vae_deploy.cli import main
 from vae_deploy.errors import CheckpointError
+from vae_deploy.training.checkpoint import load_checkpoint
 
 
 @pytest.mark.parametrize("edit, match", [

@@ -234,7 +234,7 @@ def bad_inputs(tmp_path_factory, exports) -> Path:
 @pytest.mark.parametrize("argv, code, needle", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_arguments_give_one_error_line(bad_inputs, exports, tiny_ckpts, monkeypatch, argv, code, needle):
     if "cuda" in argv:
-        from vae_deploy.providers import provider_works
+        from vae_deploy.runtime.providers import provider_works
 
         if provider_works("cuda"):
             pytest.skip("CUDA works on this machine: there is nothing to refuse")

@@ -16,12 +16,12 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 from vae_deploy.artifacts import file_sha256, load_manifest
+from vae_deploy.checks.verify import check_contract, check_integrity
 from vae_deploy.cli import main
 from vae_deploy.contract import check_export, contract_problems, random_ops
 from vae_deploy.errors import ArtifactError
-from vae_deploy.runtime import Runtime
-from vae_deploy.triton import write_triton_repo
-from vae_deploy.verify import check_contract, check_integrity
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.triton import write_triton_repo
 
 
 def _rehash(folder: Path, *names: str) -> None:

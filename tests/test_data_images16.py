@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_deploy.batch import read_outputs, run_batch
-from vae_deploy.data import load_dataset, load_image_folder
 from vae_deploy.errors import DataError
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.batch import read_outputs, run_batch
+from vae_deploy.training.data import load_dataset, load_image_folder
 
 
 def write_png16(path: Path, a: np.ndarray) -> Path:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vae_deploy.data import (
+from vae_deploy.errors import DataError
+from vae_deploy.training.data import (
     dataset_from_spec,
     load_array_file,
     load_dataset,
@@ -17,7 +18,6 @@ from vae_deploy.data import (
     mnist_available,
     validate_array,
 )
-from vae_deploy.errors import DataError
 
 
 def write_images(root, n=6, size=(8, 12), mode="L", sub=True):
@@ -122,7 +122,7 @@ def test_data_options_that_do_not_apply_are_refused(tmp_path):
 
 
 def test_data_package_imports_neither_torch_nor_sklearn():
-    code = ("import sys, vae_deploy.data as d; d.validate_array([[0.0], [1.0]]); "
+    code = ("import sys, vae_deploy.training.data as d; d.validate_array([[0.0], [1.0]]); "
             "bad = [m for m in ('torch', 'sklearn') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -136,7 +136,7 @@ def test_bundled_mnist_is_real_28x28_digits():
 
 
 def test_mnist_without_the_extra_names_it(monkeypatch):
-    from vae_deploy.data import bundled
+    from vae_deploy.training.data import bundled
 
     monkeypatch.setattr(bundled, "mnist_path", lambda: None)
     with pytest.raises(DataError, match=r"vae-deploy\[mnist\]"):

@@ -8,10 +8,10 @@ import torch
 from click.testing import CliRunner
 
 from vae_deploy.cli import main
-from vae_deploy.data import dataset_from_spec, load_array_file, load_dataset
 from vae_deploy.errors import DataError
-from vae_deploy.model import VAEConfig
-from vae_deploy.train import TrainConfig, train
+from vae_deploy.training.data import dataset_from_spec, load_array_file, load_dataset
+from vae_deploy.training.model import VAEConfig
+from vae_deploy.training.train import TrainConfig, train
 
 
 def test_digits_shape_range_and_split(digits):

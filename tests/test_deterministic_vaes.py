@@ -21,7 +21,7 @@ from vae_deploy.adapters.families import UNSUPPORTED
 from vae_deploy.adapters.outputs import DETERMINISTIC_LOGVAR
 from vae_deploy.cli import main
 from vae_deploy.errors import ConfigError
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
 
 diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
 
@@ -197,8 +197,8 @@ def test_wan_exports_with_input_shape(tmp_path):
 
 
 def test_verify_checks_a_user_size_decode_in_the_vaes_range(taesd_export):
-    from vae_deploy.parity import input_range
-    from vae_deploy.verify import verify_export
+    from vae_deploy.checks.parity import input_range
+    from vae_deploy.checks.verify import verify_export
 
     _, out = taesd_export
     result = verify_export(out, backends=["ort-cpu"])

@@ -20,16 +20,16 @@ import vae_deploy
 from vae_deploy.adapters import to_exportable
 from vae_deploy.adapters.diffusers_folder import resolve_folder
 from vae_deploy.adapters.outputs import NoFit, as_gaussian, as_tensor
-from vae_deploy.cli import main
-from vae_deploy.errors import ConfigError
-from vae_deploy.parity_plan import (
+from vae_deploy.checks.plan import (
     DEFAULT_BATCH_SIZES,
     batch_sizes_for,
     demote_knife_edges,
     estimated_seconds,
     plan_cases,
 )
-from vae_deploy.runtime import Runtime
+from vae_deploy.cli import main
+from vae_deploy.errors import ConfigError
+from vae_deploy.runtime.core import Runtime
 
 diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
 
@@ -316,7 +316,7 @@ def test_batch_sizes_follow_the_model_cost():
 
 
 def _report(cases, elbo=None):
-    from vae_deploy.parity import summarize
+    from vae_deploy.checks.parity import summarize
 
     r = {"candidate": "onnxruntime-cpu", "tolerance": {"atol": 1e-4}, "cases": cases}
     if elbo is not None:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 # diffusers' img2img ``retrieve_latents`` ("Copied from" it, in a module that needs no transformers).
 from diffusers.pipelines.ltx.pipeline_ltx_latent_upsample import retrieve_latents  # noqa: E402
 
-from vae_deploy.diffusers_vae import RuntimeAutoencoder  # noqa: E402
+from vae_deploy.runtime.diffusers_vae import RuntimeAutoencoder  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

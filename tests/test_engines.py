@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from vae_deploy.cli import main
-from vae_deploy.engines import cpu, tune
 from vae_deploy.errors import EngineError
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.runtime.engines import cpu, tune
 
 try:
     import openvino  # noqa: F401
@@ -79,7 +79,7 @@ def test_missing_openvino_names_the_extra(exports, monkeypatch):
 def test_tune_records_reuses_and_retunes_on_a_changed_key(exports, tmp_path, flags, monkeypatch):
     flags(NO_BF16)
     path = tmp_path / "tuning.json"
-    rec = tune.tune(exports["mlp"], batch_sizes=(1, 8), rounds=1, round_s=0.001, tuning_file=path)
+    rec = tune.tune(exports["mlp"], open_runtime=Runtime.load, batch_sizes=(1, 8), rounds=1, round_s=0.001, tuning_file=path)
     data = json.loads(path.read_text())
     (key_id, stored), = data["records"].items()
     assert stored["key"]["cpu_flags"] == NO_BF16 and stored["key"]["graphs_sha256"]
@@ -104,7 +104,7 @@ def test_tune_records_reuses_and_retunes_on_a_changed_key(exports, tmp_path, fla
 
 def test_gate_excludes_lossy_variants_over_budget(exports, tmp_path, flags):
     flags(BF16)
-    rec = tune.tune(exports["conv"], batch_sizes=(4,), rounds=1, round_s=0.001, tuning_file=tmp_path / "t.json",
+    rec = tune.tune(exports["conv"], open_runtime=Runtime.load, batch_sizes=(4,), rounds=1, round_s=0.001, tuning_file=tmp_path / "t.json",
                     max_error=1e-9)
     measured = set(rec["batch_sizes"]["4"]["samples_per_s"])
     assert "ort-cpu" in measured
@@ -112,7 +112,7 @@ def test_gate_excludes_lossy_variants_over_budget(exports, tmp_path, flags):
         assert "openvino-cpu-bf16" not in measured
         assert "above --max-error" in rec["excluded"]["openvino-cpu-bf16"]
         assert rec["gates"]["openvino-cpu-bf16"]["max_abs_error"] > 1e-9
-    rec = tune.tune(exports["conv"], batch_sizes=(4,), rounds=1, round_s=0.001, tuning_file=tmp_path / "t.json",
+    rec = tune.tune(exports["conv"], open_runtime=Runtime.load, batch_sizes=(4,), rounds=1, round_s=0.001, tuning_file=tmp_path / "t.json",
                     fp32_only=True)
     assert all(p in ("fp32", "fp32-fast") for p in
                (c["winner"]["precision"] for c in rec["batch_sizes"].values()))
@@ -121,7 +121,7 @@ def test_gate_excludes_lossy_variants_over_budget(exports, tmp_path, flags):
 
 
 def test_broken_candidate_fails_the_gate(exports):
-    from vae_deploy.engines.gate import gate
+    from vae_deploy.runtime.engines.gate import gate
 
     ref = Runtime.load(exports["conv"], provider="cpu")
     broken = Runtime.load(exports["conv"], provider="cpu")
@@ -148,7 +148,7 @@ def test_tune_cli_and_bad_options(exports, tmp_path):
 
 def test_runtime_path_imports_no_torch(exports, tmp_path):
     code = (
-        "import sys; from vae_deploy.runtime import Runtime\n"
+        "import sys; from vae_deploy.runtime.core import Runtime\n"
         f"rt = Runtime.load({str(exports['mlp'])!r}, engine='auto', precision='auto', "
         f"tuning_file={str(tmp_path / 't.json')!r})\n"
         "rt.sample(2); print(rt.engine.label); assert 'torch' not in sys.modules, 'torch imported'\n"
@@ -161,7 +161,7 @@ def test_runtime_path_imports_no_torch(exports, tmp_path):
 
 @needs_ov
 def test_verify_includes_openvino_backends(exports, tiny_ckpts, flags):
-    from vae_deploy.verify import verify_export
+    from vae_deploy.checks.verify import verify_export
 
     flags(BF16)  # bf16 is verified where it is native
     result = verify_export(exports["mlp"], checkpoint=tiny_ckpts["mlp"], batch_sizes=(1, 7), engines=["openvino"])

@@ -13,13 +13,13 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import tiny_model
-from vae_deploy.checkpoint import file_sha256, load_checkpoint
 from vae_deploy.cli import main
 from vae_deploy.contract import random_ops
 from vae_deploy.errors import ArtifactError, ExportError
 from vae_deploy.exporters import export
 from vae_deploy.exporters.manifest import load_manifest
 from vae_deploy.exporters.onnx import check_model
+from vae_deploy.training.checkpoint import file_sha256, load_checkpoint
 
 FAMILIES = ["mlp", "conv"]
 
@@ -156,7 +156,7 @@ def test_failed_export_leaves_previous_folder_intact(tmp_path, tiny_ckpts, expor
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.")]  # no temp litter
 
     # 2. an export whose graphs disagree with eager (parity gate)
-    from vae_deploy import parity
+    from vae_deploy.checks import parity
 
     real = parity.compare_arrays
     monkeypatch.setattr(parity, "compare_arrays", lambda r, o, t: real(r, o + 1e-3, t))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from vae_deploy import output_folders as writing
 from vae_deploy.errors import ExportError
-from vae_deploy.exporters import export, writing
+from vae_deploy.exporters import export
 
 
 def _export(ckpt: Path, out: Path, **kw):

@@ -18,12 +18,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.conftest import SpatialToyVAE, copy_export
-from vae_deploy.batch import run_batch
-from vae_deploy.batch.output import BatchError, read_outputs
 from vae_deploy.cli import main
 from vae_deploy.errors import InputError
 from vae_deploy.images import export_output_range, grid_image, resolve_output_range, to_uint8
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.batch import run_batch
+from vae_deploy.serving.batch.output import BatchError, read_outputs
 
 diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
 from diffusers.image_processor import VaeImageProcessor  # noqa: E402

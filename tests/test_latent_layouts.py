@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from vae_deploy import latents as lat
 from vae_deploy.adapters import to_exportable
 from vae_deploy.artifacts import ExportSpec
-from vae_deploy.backends import TorchBackend
 from vae_deploy.errors import ConfigError, InputError
+from vae_deploy.runtime import latents as lat
+from vae_deploy.runtime.backends import TorchBackend
 
 diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
 
@@ -311,7 +311,7 @@ def stats_export(tmp_path_factory):
 
 
 def test_runtime_reads_the_statistics_from_manifest_and_metadata(stats_export):
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     rt = Runtime.load(stats_export)
     bare = Runtime(stats_export / "encoder.onnx", stats_export / "decoder.onnx")  # metadata only
@@ -330,7 +330,7 @@ def test_batch_decode_takes_packed_scaled_latents(stats_export, tmp_path):
     from click.testing import CliRunner
 
     from vae_deploy.cli import main
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     rt = Runtime.load(stats_export)
     x = np.random.default_rng(2).uniform(0, 1, (5, 3, 8, 8)).astype(np.float32)
@@ -340,7 +340,7 @@ def test_batch_decode_takes_packed_scaled_latents(stats_export, tmp_path):
     r = CliRunner().invoke(main, [*args, "--latent-layout", "flux-packed", "--image-size", "8x8",
                                   "--out", str(tmp_path / "out")])
     assert r.exit_code == 0, r.output
-    from vae_deploy.batch.output import read_outputs
+    from vae_deploy.serving.batch.output import read_outputs
 
     got = read_outputs(tmp_path / "out")["x"]
     np.testing.assert_allclose(got, rt.decode(rt.encode(x)[0]), rtol=1e-5, atol=1e-5)
@@ -354,7 +354,7 @@ def test_the_decode_command_takes_packed_scaled_latents(stats_export, tmp_path):
     from PIL import Image
 
     from vae_deploy.cli import main
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     rt = Runtime.load(stats_export)
     x = np.random.default_rng(3).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32)

@@ -67,7 +67,7 @@ def test_the_lean_environment_has_no_torch(lean, tmp_path):
 def test_lean_sample_matches_the_full_environment(lean, exports, tmp_path):
     from PIL import Image
 
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     res = _run(lean, "sample", str(exports["mlp"]), "-n", "8", "--seed", "0", "--out", "s.npy", "--grid", "s.png",
                cwd=tmp_path)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tests.conftest import tiny_model
 from vae_deploy.errors import ConfigError
-from vae_deploy.model import VAE, VAEConfig, kl_normal, reparameterize
+from vae_deploy.training.model import VAE, VAEConfig, kl_normal, reparameterize
 
 
 def test_kl_matches_closed_form_and_torch_distributions():

@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import tiny_model
-from vae_deploy.backends import TorchBackend
-from vae_deploy.checkpoint import save_checkpoint
+from vae_deploy.checks.parity import Tolerance, compare_arrays, compare_backends, format_report
 from vae_deploy.cli import main
 from vae_deploy.exporters.spec import ExportSpec
-from vae_deploy.parity import Tolerance, compare_arrays, compare_backends, format_report
+from vae_deploy.runtime.backends import TorchBackend
+from vae_deploy.training.checkpoint import save_checkpoint
 
 TOL = Tolerance(atol=1e-5, rtol=1e-5)
 

@@ -14,13 +14,13 @@ from onnx import numpy_helper
 
 from tests.conftest import copy_export
 from vae_deploy.adapters import from_checkpoint
-from vae_deploy.backends import TorchBackend
-from vae_deploy.checkpoint import file_sha256, load_checkpoint
+from vae_deploy.checks.parity import DEFAULT_TOLERANCES, Tolerance, compare_arrays, compare_backends
+from vae_deploy.checks.verify import verify_export
 from vae_deploy.cli import main
 from vae_deploy.exporters.manifest import file_entry
-from vae_deploy.parity import DEFAULT_TOLERANCES, Tolerance, compare_arrays, compare_backends
-from vae_deploy.runtime import Runtime
-from vae_deploy.verify import verify_export
+from vae_deploy.runtime.backends import TorchBackend
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.training.checkpoint import file_sha256, load_checkpoint
 
 GOLDEN = Path(__file__).parent / "golden" / "verify_report_schema.json"
 
@@ -168,8 +168,8 @@ def test_catches_truncated_file(tmp_path, exports):
 
 
 def test_catches_graph_from_a_different_checkpoint(tmp_path, exports, tiny_ckpts, digits):
-    from vae_deploy.checkpoint import save_checkpoint
-    from vae_deploy.train import TrainConfig, train
+    from vae_deploy.training.checkpoint import save_checkpoint
+    from vae_deploy.training.train import TrainConfig, train
 
     other = train(load_checkpoint(tiny_ckpts["mlp"]).config, digits, TrainConfig(epochs=1, seed=99), progress=False)
     other_path = save_checkpoint(tmp_path / "other.pt", other.model, {"data": digits.spec.to_dict()})

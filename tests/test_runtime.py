@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from tests.conftest import copy_export
-from vae_deploy.backends import TorchBackend
-from vae_deploy.checkpoint import load_checkpoint
 from vae_deploy.cli import main
 from vae_deploy.errors import ArtifactError
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.backends import TorchBackend
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.training.checkpoint import load_checkpoint
 
 BATCHES = [1, 7, 64, 300]
 
@@ -120,7 +120,7 @@ def test_tampered_or_truncated_artifacts_refused(tmp_path, exports):
 
 
 def test_provider_selection(exports):
-    from vae_deploy.providers import provider_works
+    from vae_deploy.runtime.providers import provider_works
 
     rt = Runtime.load(exports["mlp"], provider="auto")
     assert rt.provider in ("cpu", "cuda")
@@ -238,7 +238,7 @@ def test_runtime_needs_no_torch(exports):
     code = (
         "import sys\n"
         "from vae_deploy import Runtime\n"
-        "from vae_deploy.batcher import MicroBatcher\n"
+        "from vae_deploy.runtime.batcher import MicroBatcher\n"
         "assert 'onnx' not in sys.modules, 'importing the runtime must stay cheap'\n"
         f"Runtime.load({str(exports['conv'])!r}, provider='cpu').sample(2, seed=0)\n"
         # onnx (a core dependency) parses the graphs once at load for the contract scan

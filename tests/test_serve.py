@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_deploy.runtime import Runtime
-from vae_deploy.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL
 
 pytest.importorskip(
     "pytriton.triton",
@@ -29,7 +29,7 @@ grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from vae_deploy.errors import ConfigError  # noqa: E402
-from vae_deploy.serve import ServeError, ServeOptions, VaeTritonServer  # noqa: E402
+from vae_deploy.serving.serve import ServeError, ServeOptions, VaeTritonServer  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -181,7 +181,7 @@ def test_a_data_length_that_does_not_match_the_shape_is_refused_in_one_line(serv
 
 def test_a_killed_servers_temporary_folder_is_swept_at_the_next_start(tmp_path):
     """Only folders whose recorded owner is dead go; a live owner's and unrecorded ones stay."""
-    from vae_deploy.serve_cleanup import PREFIX, claim, sweep_stale
+    from vae_deploy.serving.serve_cleanup import PREFIX, claim, sweep_stale
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -326,7 +326,7 @@ def test_sigterm_under_load_stops_cleanly_and_leaves_no_temporary_folders(export
            "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
     env = {**os.environ, "TMPDIR": str(tmp), "PYTRITON_HOME": str(home),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    from vae_deploy.serve import _model_copies
+    from vae_deploy.serving.serve import _model_copies
 
     copies_before = _model_copies()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

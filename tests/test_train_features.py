@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from tests.test_data_sources import write_images
-from vae_deploy.checkpoint import load_checkpoint
 from vae_deploy.cli import main
-from vae_deploy.model import VAEConfig
-from vae_deploy.train import TrainConfig, train
+from vae_deploy.training.checkpoint import load_checkpoint
+from vae_deploy.training.model import VAEConfig
+from vae_deploy.training.train import TrainConfig, train
 
 SMALL = ["--hidden", "16", "--latent-dim", "3", "--batch-size", "256"]
 
@@ -79,7 +79,7 @@ def test_divergence_exits_1_and_writes_nothing(tmp_path, monkeypatch):
 
 def test_keep_best_and_patience(digits, monkeypatch):
     """Scripted per-epoch test -ELBO: best at epoch 2, then 2 epochs without improvement stop training."""
-    import vae_deploy.train as training
+    import vae_deploy.training.train as training
 
     real, scripted = training.evaluate, iter([50.0, 40.0, 45.0, 41.0, 30.0])
 

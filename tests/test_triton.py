@@ -19,8 +19,8 @@ import pytest
 
 from tests.conftest import spatial_toy_export
 from vae_deploy.errors import ArtifactError, ConfigError
-from vae_deploy.runtime import Runtime
-from vae_deploy.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL, write_triton_repo
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.triton import DECODER_MODEL, ENCODER_MODEL, SAMPLER_MODEL, write_triton_repo
 
 text_format = pytest.importorskip("google.protobuf.text_format")
 json_format = pytest.importorskip("google.protobuf.json_format")
@@ -122,7 +122,7 @@ def test_copies_external_weight_files(exports, tmp_path):
     """Large models keep their weights beside the graph; the repository must carry them."""
     import onnx
 
-    from vae_deploy.checkpoint import file_sha256
+    from vae_deploy.training.checkpoint import file_sha256
 
     src = tmp_path / "export"
     shutil.copytree(exports["mlp"], src)
@@ -301,7 +301,7 @@ def _start_bundled_tritonserver(repo: Path, workdir: Path, port: int):
     pytriton = pytest.importorskip("pytriton", reason="PyTriton (the serve extra) bundles the tritonserver binary")
     from pytriton.utils.distribution import get_libs_path, get_stub_path
 
-    from vae_deploy.serve import libpython_dir
+    from vae_deploy.serving.serve import libpython_dir
 
     server = workdir / "tritonserver"
     shutil.copytree(Path(pytriton.__file__).parent / "tritonserver", server,

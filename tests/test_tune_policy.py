@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from vae_deploy.cli import main
-from vae_deploy.engines import cpu, tune
-from vae_deploy.engines.tune import tune as run_tune  # the real one: fixtures patch tune.tune
-from vae_deploy.engines.tuning_file import MAX_RECORDS, add_record, read_tuning
 from vae_deploy.errors import ConfigError, InputError
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.runtime.engines import cpu, tune
+from vae_deploy.runtime.engines.tune import tune as run_tune  # the real one: fixtures patch tune.tune
+from vae_deploy.runtime.engines.tuning_file import MAX_RECORDS, add_record, read_tuning
 from vae_deploy.tolerance import (
     Budget,
     budget_accepts,
@@ -39,7 +39,7 @@ except ImportError:  # the lean install: the extra is optional
 
 NO_BF16 = {"avx2": True, "avx512f": False, "avx512_vnni": False, "avx512_bf16": False, "amx_bf16": False,
            "amx_int8": False}
-FAST = {"rounds": 1, "round_s": 0.001}
+FAST = {"rounds": 1, "round_s": 0.001, "open_runtime": Runtime.load}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -254,7 +254,7 @@ def test_concurrent_writers_keep_every_record(tmp_path):
                       "fp32_only": False, "max_error": None, "latent_shape": [4]},
               "created": "2026-01-01T00:00:00", "gates": {}, "excluded": {},
               "batch_sizes": {"1": {"samples_per_s": {"ort-cpu": 1.0}, "winner": {"backend": "ort-cpu"}}}}
-    script = ("import json, sys\nfrom vae_deploy.engines.tuning_file import add_record\n"
+    script = ("import json, sys\nfrom vae_deploy.runtime.engines.tuning_file import add_record\n"
               f"record = json.loads({json.dumps(record)!r})\n"
               f"for i in range(25):\n    add_record({str(path)!r}, sys.argv[1] + str(i), record)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -307,10 +307,10 @@ def test_cli_budget_reaches_auto(exports, tmp_path, tune_calls):
 
 
 def test_serve_passes_the_budget_to_runtime_load(exports, monkeypatch):
-    import vae_deploy.serve
+    import vae_deploy.serving.serve
 
     seen = {}
-    monkeypatch.setattr(vae_deploy.serve, "serve", lambda export_dir, options, **kw: seen.update(kw))
+    monkeypatch.setattr(vae_deploy.serving.serve, "serve", lambda export_dir, options, **kw: seen.update(kw))
     res = CliRunner().invoke(main, ["serve", str(exports["mlp"]), "--engine", "auto", "--max-error", "0.05"])
     assert res.exit_code == 0 and seen["engine"] == "auto" and seen["max_error"] == 0.05, res.output
 
@@ -366,7 +366,7 @@ def test_records_are_keyed_by_latent_shape(akl_export, tmp_path, tune_calls):
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_OV, reason="OpenVINO (the 'openvino' extra) is not installed")
 def test_openvino_f32_is_a_candidate_on_a_diffusers_export(akl_export, tmp_path):
-    from vae_deploy.engines.gate import gate
+    from vae_deploy.runtime.engines.gate import gate
 
     ref = Runtime.load(akl_export, provider="cpu")
     ov = Runtime.load(akl_export, engine="openvino", precision="fp32")

@@ -13,12 +13,12 @@ import pytest
 
 from vae_deploy.adapters.user_code import load_state_dict
 from vae_deploy.artifacts import load_manifest
-from vae_deploy.checkpoint import load_checkpoint
-from vae_deploy.data.arrays import check_array_file, load_array_file
 from vae_deploy.errors import ArtifactError, CheckpointError, DataError
 from vae_deploy.files import MAX_BYTES
 from vae_deploy.limits import max_threads
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.training.checkpoint import load_checkpoint
+from vae_deploy.training.data.arrays import check_array_file, load_array_file
 
 
 def _header(shape: tuple[int, ...]) -> bytes:

@@ -11,18 +11,18 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from vae_deploy import parity
 from vae_deploy.adapters import from_vae
+from vae_deploy.checks import parity
 from vae_deploy.contract import random_ops
-from vae_deploy.data import DataSpec
 from vae_deploy.errors import ExportError
 from vae_deploy.exporters import export
 from vae_deploy.exporters.fp16 import to_fp16
 from vae_deploy.exporters.onnx import export_onnx
 from vae_deploy.exporters.rewrite import optimize_for_cpu
 from vae_deploy.exporters.variants import parse_precisions
-from vae_deploy.model import VAE, VAEConfig
-from vae_deploy.runtime import Runtime
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.training.data import DataSpec
+from vae_deploy.training.model import VAE, VAEConfig
 
 
 def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -14,21 +14,21 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from vae_deploy.checks.parity import Tolerance, compare_arrays
+from vae_deploy.checks.report import VerifyResult
+from vae_deploy.checks.verify import verify_export
 from vae_deploy.cli import main
 from vae_deploy.cli.options import friendly_errors
-from vae_deploy.data import load_dataset
-from vae_deploy.parity import Tolerance, compare_arrays
-from vae_deploy.verify import verify_export
-from vae_deploy.verify_report import VerifyResult
+from vae_deploy.training.data import load_dataset
 
 
 @pytest.fixture(scope="module")
 def relative_data_export(tmp_path_factory, digits):
     """A tiny checkpoint trained on `--data mine.npy` given as a relative path, exported."""
     from tests.conftest import TINY
-    from vae_deploy.checkpoint import save_checkpoint
     from vae_deploy.exporters import export
-    from vae_deploy.train import TrainConfig, checkpoint_meta, train
+    from vae_deploy.training.checkpoint import save_checkpoint
+    from vae_deploy.training.train import TrainConfig, checkpoint_meta, train
 
     root = tmp_path_factory.mktemp("reldata")
     np.save(root / "mine.npy", np.concatenate([digits.train, digits.test])[:400])
@@ -130,7 +130,7 @@ def test_verify_result_reads_well(relative_data_export):
 
 
 def test_runtime_repr(relative_data_export):
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     _, _, folder = relative_data_export
     rt = Runtime.load(folder, provider="cpu")

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from tests.conftest import copy_export, spatial_toy_export
 from vae_deploy.artifacts import file_sha256
 from vae_deploy.cli import main
-from vae_deploy.web import ORT_WEB_VERSION, build_site
-from vae_deploy.web.ortdist import ORT_FILES
-from vae_deploy.web.prng import mulberry32, normal
+from vae_deploy.serving.web import ORT_WEB_VERSION, build_site
+from vae_deploy.serving.web.ortdist import ORT_FILES
+from vae_deploy.serving.web.prng import mulberry32, normal
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,7 +265,7 @@ def test_decoder_names_never_overwrite_the_page(exports, fake_dist, tmp_path, na
     site = tmp_path / "site"
     assert _export_sha(site, published) == file_sha256(export / name)
     _assert_same_graph(site / published, export / name)
-    static = REPO / "vae_deploy/web/static"
+    static = REPO / "vae_deploy/serving/web/static"
     for page_file in ("index.html", "app.js", "vae.js"):
         assert (site / page_file).read_bytes() == (static / page_file).read_bytes()
     cfg, public = (json.loads((site / f).read_text()) for f in ("site.json", "manifest.json"))
@@ -318,7 +318,7 @@ def _node(script: str, *args: str) -> object:
     return json.loads(r.stdout)
 
 
-STATIC = REPO / "vae_deploy/web/static"
+STATIC = REPO / "vae_deploy/serving/web/static"
 
 
 @pytest.mark.parametrize("variant", ["top-level", "if-subgraph", "local-function", "dropout-training",

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from vae_deploy.images import to_images
-from vae_deploy.runtime import Runtime
-from vae_deploy.web import build_site
-from vae_deploy.web.prng import normal
-from vae_deploy.web.server import serve_site
+from vae_deploy.runtime.core import Runtime
+from vae_deploy.serving.web import build_site
+from vae_deploy.serving.web.prng import normal
+from vae_deploy.serving.web.server import serve_site
 
 pytestmark = pytest.mark.slow  # a browser start and a WASM compile per page: seconds each
 
@@ -37,8 +37,8 @@ def _unavailable(reason: str) -> None:
 @pytest.fixture(scope="module")
 def chrome() -> Iterator[object]:
     from vae_deploy.errors import VaeDeployError
-    from vae_deploy.web import browser
-    from vae_deploy.web.ortdist import find_dist
+    from vae_deploy.serving.web import browser
+    from vae_deploy.serving.web.ortdist import find_dist
 
     try:
         find_dist()
@@ -74,7 +74,7 @@ def tiny_akl_export(out: Path) -> Path:
 
 @contextmanager
 def page_at(chrome, site: Path, *, isolated: bool = False, query: str = "") -> Iterator[object]:
-    from vae_deploy.web.browser import open_page
+    from vae_deploy.serving.web.browser import open_page
 
     with serve_site(site, isolated=isolated) as url:
         page = open_page(chrome, url + query)
@@ -227,7 +227,7 @@ def test_one_thread_without_cross_origin_isolation(chrome, sites):
 def test_measure_reports_page_and_runtime_latency(chrome, exports, tmp_path):
     import json
 
-    from vae_deploy.web.measure import measure
+    from vae_deploy.serving.web.measure import measure
 
     report = measure(exports["mlp"], tmp_path / "out", reps=3, loads=1, batches=(1,), threads=2,
                      screenshot=tmp_path / "page.png", chrome=chrome)

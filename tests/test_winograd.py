@@ -121,7 +121,7 @@ def test_export_writes_a_verified_winograd_variant_of_an_autoencoder_kl(tmp_path
     diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
     from vae_deploy.adapters import from_module
     from vae_deploy.exporters import export
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(

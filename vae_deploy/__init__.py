@@ -17,13 +17,14 @@ __all__ = ["VAE", "VAEConfig", "Runtime", "MicroBatcher", "export", "verify", "l
 # Everything is imported on first use: a service that only runs exported models (``Runtime``)
 # then needs numpy and onnxruntime, not torch.
 _LAZY = {
-    "VAE": ("vae_deploy.model", "VAE"),
-    "VAEConfig": ("vae_deploy.model", "VAEConfig"),
-    "load_checkpoint": ("vae_deploy.checkpoint", "load_checkpoint"),
-    "save_checkpoint": ("vae_deploy.checkpoint", "save_checkpoint"),
-    "Runtime": ("vae_deploy.runtime", "Runtime"),
-    "MicroBatcher": ("vae_deploy.batcher", "MicroBatcher"),
+    "VAE": ("vae_deploy.training.model", "VAE"),
+    "VAEConfig": ("vae_deploy.training.model", "VAEConfig"),
+    "load_checkpoint": ("vae_deploy.training.checkpoint", "load_checkpoint"),
+    "save_checkpoint": ("vae_deploy.training.checkpoint", "save_checkpoint"),
+    "Runtime": ("vae_deploy.runtime.core", "Runtime"),
+    "MicroBatcher": ("vae_deploy.runtime.batcher", "MicroBatcher"),
     "export": ("vae_deploy.exporters", "export"),
+    "verify": ("vae_deploy.api", "verify"),
 }
 
 
@@ -36,12 +37,4 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), attr)
         globals()[name] = value
         return value
-    if name == "verify":
-        # ``vae_deploy.verify`` is also a submodule, and importing a submodule makes it the
-        # package's attribute of that name, whatever was there. So the attribute is always the
-        # module, made callable: ``vae_deploy.verify(model, "export/", ...)`` is
-        # ``vae_deploy.api.verify``.
-        import vae_deploy.verify as module
-
-        return module
     raise AttributeError(f"module 'vae_deploy' has no attribute {name!r}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from vae_deploy.verify_report import VerifyResult
+    from vae_deploy.checks.report import VerifyResult
 
 
 def verify(
@@ -24,7 +24,7 @@ def verify(
     **options: Any,
 ) -> VerifyResult:
     """Integrity, contract and parity of ``export_dir`` against ``model`` (eager); returns a
-    :class:`~vae_deploy.verify_report.VerifyResult`: ``print(result)`` shows the report,
+    :class:`~vae_deploy.checks.report.VerifyResult`: ``print(result)`` shows the report,
     ``result.passed`` the verdict, ``result.to_dict()`` the JSON (``result["passed"]`` works too).
 
     ``model=None`` (or a checkpoint path) verifies against the checkpoint the manifest records.
@@ -32,7 +32,7 @@ def verify(
     for an export traced at 32x32). ``likelihood``/``dynamic_spatial`` must match the export's.
     """
     from vae_deploy.adapters import to_exportable
-    from vae_deploy.verify import verify_export
+    from vae_deploy.checks.verify import verify_export
 
     if model is None or isinstance(model, (str, Path)):
         return verify_export(export_dir, checkpoint=model, **options)

@@ -50,7 +50,7 @@ class ExportSpec:
     output_range: tuple[float, ...] = ()
     # How the encoder defines q(z|x): "gaussian" (mu, logvar) or "deterministic" (z = mu).
     posterior: str = "gaussian"
-    # Latent layouts decode(latent_layout=) accepts (vae_deploy.latents.LAYOUTS): "spatial" and the
+    # Latent layouts decode(latent_layout=) accepts (vae_deploy.runtime.latents.LAYOUTS): "spatial" and the
     # pipelines' packings that fit this VAE. Empty: derived from the latent shape (older exports).
     latent_layouts: tuple[str, ...] = ()
 

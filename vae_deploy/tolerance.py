@@ -201,3 +201,67 @@ def budget_accepts(precision: str, measured: dict[str, Any], budget: Budget | No
     return True, (f"lossy within the default budget (max abs error {err:.2e} <= {LOSSY_RANGE_FRACTION:.0%} of "
                   f"range {span:.3g}" + (f", 8-bit pixels within {IMAGE_LEVELS} level: {float(image):.2%}"
                                          if image is not None else "") + ")")
+
+
+# --- element-wise agreement: the verdict every check shares ---------------------------------
+
+# Relative errors are reported only where |reference| >= REL_FLOOR: next to zero (a sigmoid's
+# saturated 1e-7 outputs, a logvar that crosses 0) a difference of a few ulps is a "relative
+# error" of 100% or more that means nothing; the pass rule's atol covers those elements.
+REL_FLOOR = 1e-3
+
+
+def compare_arrays(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> dict[str, Any]:
+    """Error statistics of ``out`` against ``ref`` and the pass/fail verdict."""
+    ref = np.asarray(ref, dtype=np.float64)
+    out = np.asarray(out, dtype=np.float64)
+    stats: dict[str, Any] = {"shape": list(ref.shape)}
+    if ref.shape != out.shape:
+        stats.update(passed=False, error=f"shape mismatch: reference {list(ref.shape)}, candidate {list(out.shape)}")
+        return stats
+    nonfinite = {
+        "nan_ref": int(np.isnan(ref).sum()), "inf_ref": int(np.isinf(ref).sum()),
+        "nan_out": int(np.isnan(out).sum()), "inf_out": int(np.isinf(out).sum()),
+    }
+    same_nonfinite = bool(
+        np.array_equal(np.isnan(ref), np.isnan(out))
+        and np.array_equal(np.where(np.isinf(ref), ref, 0.0), np.where(np.isinf(out), out, 0.0))
+    )
+    finite = np.isfinite(ref) & np.isfinite(out)
+    with np.errstate(invalid="ignore", over="ignore"):
+        absd = np.where(finite, np.abs(out - ref), 0.0)
+    scale = np.where(finite, np.abs(ref), 0.0)  # non-finite elements are judged by same_nonfinite
+    reld = np.where(finite, absd / np.maximum(scale, np.finfo(np.float32).tiny), 0.0)
+    significant = finite & (scale >= REL_FLOOR)
+    max_rel_significant = float(reld[significant].max()) if significant.any() else None
+    if absd.size == 0:
+        absd = reld = np.zeros(1)
+    worst = np.unravel_index(int(np.argmax(absd)), ref.shape) if ref.size else ()
+    # smallest atol at the configured rtol, and smallest rtol at the configured atol
+    need_atol = float(np.max(np.maximum(absd - tol.rtol * scale, 0.0))) if ref.size else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need_rtol_el = np.where(absd > tol.atol, (absd - tol.atol) / scale, 0.0)
+    need_rtol = float(np.max(need_rtol_el)) if ref.size else 0.0
+    passed = bool(same_nonfinite and np.all(absd <= tol.atol + tol.rtol * scale))
+    stats.update(
+        max_abs=float(absd.max()), mean_abs=float(absd.mean()), median_abs=float(np.median(absd)),
+        p99_abs=float(np.percentile(absd, 99)),
+        max_rel=float(reld.max()), mean_rel=float(reld.mean()), median_rel=float(np.median(reld)),
+        p99_rel=float(np.percentile(reld, 99)),
+        max_rel_significant=max_rel_significant, rel_floor=REL_FLOOR,
+        worst_index=[int(i) for i in worst],
+        worst_ref=json_float(ref[worst]) if ref.size else None, worst_out=json_float(out[worst]) if ref.size else None,
+        **nonfinite,
+        min_atol_to_pass=need_atol if math.isfinite(need_atol) and same_nonfinite else None,
+        min_rtol_to_pass=need_rtol if math.isfinite(need_rtol) and same_nonfinite else None,
+        passed=passed,
+    )
+    if not same_nonfinite:
+        stats["nonfinite_mismatch"] = True
+    return stats
+
+
+def json_float(v: Any) -> float | None:
+    """A float for the JSON report; None for NaN/Inf (which JSON cannot hold)."""
+    f = float(v)
+    return f if math.isfinite(f) else None

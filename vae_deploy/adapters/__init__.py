@@ -14,10 +14,10 @@ from typing import Any
 
 from vae_deploy.adapters.foreign import ADAPTERS, from_module
 from vae_deploy.adapters.native import from_checkpoint, from_vae
-from vae_deploy.checkpoint import Checkpoint, load_checkpoint
 from vae_deploy.errors import ConfigError
 from vae_deploy.exporters.spec import Exportable
-from vae_deploy.model import VAE
+from vae_deploy.training.checkpoint import Checkpoint, load_checkpoint
+from vae_deploy.training.model import VAE
 
 __all__ = ["ADAPTERS", "from_checkpoint", "from_diffusers", "from_module", "from_vae", "to_exportable"]
 

@@ -312,11 +312,11 @@ def latent_statistics(module: Any) -> dict[str, tuple[float, ...]]:
 
 def with_latent_statistics(spec: Any, module: Any) -> Any:
     """``spec`` with the VAE's latent statistics and the latent layouts it accepts recorded
-    (:mod:`vae_deploy.latents`); statistics that do not fit the latent are refused here, at export."""
+    (:mod:`vae_deploy.runtime.latents`); statistics that do not fit the latent are refused here, at export."""
     from dataclasses import replace
 
     from vae_deploy.errors import ArtifactError
-    from vae_deploy.latents import accepted_layouts
+    from vae_deploy.runtime.latents import accepted_layouts
 
     spec = replace(spec, **latent_statistics(module), latent_layouts=())
     try:

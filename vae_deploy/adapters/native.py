@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from vae_deploy.checkpoint import Checkpoint
 from vae_deploy.exporters.spec import DecoderGraph, EncoderGraph, Exportable, ExportSpec
 from vae_deploy.images import export_output_range
-from vae_deploy.model import VAE
+from vae_deploy.training.checkpoint import Checkpoint
+from vae_deploy.training.model import VAE
 
 
 def from_vae(model: VAE, *, source_sha256: str = "", source_path: str = "",

@@ -1,5 +1,5 @@
 """`vae-deploy batch encode|decode|sample`: data-set-sized jobs, sharded and resumable, in this
-process (--workers 1) or on a Ray cluster (see vae_deploy/batch)."""
+process (--workers 1) or on a Ray cluster (see vae_deploy/serving/batch)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def _run(task: str, export_dir: Path, *, provider: str | None, precision: str | None, engine: str | None,
          threads: int | None, runtime_extra: dict[str, Any], as_json: bool, shard_delay: float, **kw: Any) -> None:
     """Runtime options are gathered into one dict for Runtime.load; the rest go to run_batch as named."""
-    from vae_deploy.batch import run_batch
+    from vae_deploy.serving.batch import run_batch
 
     named = {"provider": provider, "precision": precision, "engine": engine, "threads": threads}
     opts = {**runtime_extra, **{k: v for k, v in named.items() if v is not None}}  # a named flag wins when given

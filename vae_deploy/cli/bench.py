@@ -52,8 +52,8 @@ def bench(
     compile_all: bool, baseline: Path | None,
 ) -> None:
     """Measure an export folder's backends (and reference models); write report.{md,json} and plots."""
-    from vae_deploy.bench import BenchConfig, print_summary, run_benchmark
-    from vae_deploy.bench.report import write_report
+    from vae_deploy.benchmarking import BenchConfig, print_summary, run_benchmark
+    from vae_deploy.benchmarking.report import write_report
 
     check_writable(out, "--out", folder=True)
     base_report = _load_baseline(baseline) if baseline else None  # before minutes of measuring
@@ -71,13 +71,13 @@ def bench(
     report = run_benchmark([export_dir] if export_dir else [], cfg, log=lambda s: click.echo(s, err=True))
     paths = write_report(report, out)
     if "throughput" not in paths:
-        from vae_deploy.bench.report import PLOTS_SKIPPED
+        from vae_deploy.benchmarking.report import PLOTS_SKIPPED
 
         click.echo(PLOTS_SKIPPED, err=True)
     print_summary(report)
     click.echo(f"report: {paths['markdown']} ({report['duration_s']:.0f} s)")
     if base_report is not None:
-        from vae_deploy.bench.guard import compare, describe
+        from vae_deploy.benchmarking.guard import compare, describe
 
         result = compare(report, base_report)
         for line in describe(result):
@@ -114,7 +114,7 @@ def _check_backend_patterns(patterns: list[str], export_dir: Path | None) -> Non
     import fnmatch
 
     from vae_deploy.artifacts import load_manifest
-    from vae_deploy.bench import BASE_BACKENDS, ORT, precision_variants
+    from vae_deploy.benchmarking import BASE_BACKENDS, ORT, precision_variants
 
     known = list(BASE_BACKENDS)
     if export_dir is not None:

@@ -363,12 +363,12 @@ def runtime_kwargs(engine: str, precision: str, force_bf16: bool, tuning_file: P
 
 def latent_layout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--latent-layout`` and ``--image-size``: how a pipeline's latents are arranged (see
-    :mod:`vae_deploy.latents`)."""
-    from vae_deploy.latents import LAYOUTS
+    :mod:`vae_deploy.runtime.latents`)."""
+    from vae_deploy.runtime.latents import LAYOUTS
 
     def size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
         from vae_deploy.errors import InputError
-        from vae_deploy.latents import parse_image_size
+        from vae_deploy.runtime.latents import parse_image_size
 
         try:
             return parse_image_size(value)
@@ -389,7 +389,7 @@ def latent_layout_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def latent_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--latents`` plus :func:`latent_layout_options`: a diffusion pipeline's latents as it hands
     them out, for every command that decodes stored latents."""
-    from vae_deploy.latents import SCALES
+    from vae_deploy.runtime.latents import SCALES
 
     fn = latent_layout_options(fn)
     return click.option(

@@ -51,7 +51,7 @@ def sample(export_dir: Path, n: int, seed: int | None, provider: str, engine: st
     import math
 
     from vae_deploy.images import save_grid, save_npy
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     rt = Runtime.load(export_dir, provider=provider,
                       **runtime_kwargs(engine, precision, force_bf16, tuning_file, latent_shape))
@@ -86,9 +86,9 @@ def reconstruct(export_dir: Path, inputs: Path, provider: str, engine: str, prec
     """Encode and decode the examples in a .npy/.npz file."""
     import numpy as np
 
-    from vae_deploy.data import load_array_file
     from vae_deploy.images import save_labelled_grid, save_npy
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
+    from vae_deploy.training.data import load_array_file
 
     rt = Runtime.load(export_dir, provider=provider, **runtime_kwargs(engine, precision, force_bf16, tuning_file))
     x = load_array_file(inputs, bernoulli=rt.spec.likelihood == "bernoulli", min_examples=1)
@@ -131,9 +131,9 @@ def _output_range(ctx: click.Context, param: click.Parameter, value: str | None)
 
 def load_latents(path: Path) -> np.ndarray:
     """A user's .npy (or one-array .npz) of latents as float32, checked before any engine opens."""
-    from vae_deploy.data.arrays import npz_key
     from vae_deploy.errors import InputError
     from vae_deploy.files import check_user_file
+    from vae_deploy.training.data.arrays import npz_key
 
     check_user_file(path, "array")
     if path.suffix not in (".npy", ".npz"):
@@ -170,7 +170,7 @@ def decode(export_dir: Path, latents_file: Path, out: Path, scale: str, output_r
     """Decode LATENTS (.npy [N, *latent_shape] or one latent) to PNGs, as a pipeline's images."""
     from vae_deploy.errors import InputError
     from vae_deploy.images import resolve_output_range, save_pngs, to_uint8
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.core import Runtime
 
     if out.is_dir() and any(out.iterdir()):
         raise InputError(f"--out {str(out)!r} is not empty: expected a new or empty folder (nothing was written)")
@@ -182,7 +182,7 @@ def decode(export_dir: Path, latents_file: Path, out: Path, scale: str, output_r
             raise InputError(f"{how}: pass --output-range LOW,HIGH (the range the decoder was trained to output)")
         if how != "declared by the export":
             click.echo(f"note: {how}", err=True)
-    from vae_deploy.latents import layout_item_shape
+    from vae_deploy.runtime.latents import layout_item_shape
 
     single = z.ndim == len(layout_item_shape(rt.spec, latent_layout))
     n = 1 if single else len(z)

@@ -34,7 +34,7 @@ from vae_deploy.cli.options import (
 def triton_repo(export_dir: Path, out: Path, max_batch: int, instances: int, kind: str, max_delay_us: int,
                 no_dynamic_batching: bool) -> None:
     """Write a Triton model repository (ONNX Runtime encoder/decoder, Python sampler)."""
-    from vae_deploy.triton import write_triton_repo
+    from vae_deploy.serving.triton import write_triton_repo
 
     repo = write_triton_repo(export_dir, out, max_batch=max_batch, instances=instances, kind=kind,
                              max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)
@@ -61,8 +61,8 @@ def serve(export_dir: Path, host: str, http_port: int, grpc_port: int, metrics_p
           max_delay_us: int, no_dynamic_batching: bool, provider: str, engine: str, max_error: float | None,
           fp32_only: bool) -> None:
     """Serve encode, decode and sample on Triton (PyTriton) until Ctrl-C."""
-    from vae_deploy.serve import ServeOptions
-    from vae_deploy.serve import serve as run_server
+    from vae_deploy.serving.serve import ServeOptions
+    from vae_deploy.serving.serve import serve as run_server
 
     options = ServeOptions(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
                            max_batch=max_batch, max_delay_us=max_delay_us, dynamic_batching=not no_dynamic_batching)

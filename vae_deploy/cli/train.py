@@ -95,12 +95,18 @@ def train(
     """
     import torch
 
-    from vae_deploy.checkpoint import load_checkpoint, save_checkpoint
-    from vae_deploy.data import dataset_from_spec, load_dataset
-    from vae_deploy.model import VAEConfig
-    from vae_deploy.train import TrainConfig, checkpoint_meta, resolve_device, resume_state, train_state
-    from vae_deploy.train import train as run_training
-    from vae_deploy.train_logs import CsvLog, Sink, TensorBoardLog, require_tensorboard
+    from vae_deploy.training.checkpoint import load_checkpoint, save_checkpoint
+    from vae_deploy.training.data import dataset_from_spec, load_dataset
+    from vae_deploy.training.logs import CsvLog, Sink, TensorBoardLog, require_tensorboard
+    from vae_deploy.training.model import VAEConfig
+    from vae_deploy.training.train import (
+        TrainConfig,
+        checkpoint_meta,
+        resolve_device,
+        resume_state,
+        train_state,
+    )
+    from vae_deploy.training.train import train as run_training
 
     resolve_device(device)  # fail before loading anything
     check_writable(out, "--out")  # before training, not after it
@@ -171,7 +177,7 @@ def history_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def history_table(history: list[dict[str, Any]]) -> str:
-    from vae_deploy.train_logs import COLUMNS
+    from vae_deploy.training.logs import COLUMNS
 
     lines = ["\t".join(COLUMNS)]
     for row in history:
@@ -193,16 +199,16 @@ def info(path: Path, show_history: bool, json_path: Path | None) -> None:
         write_json(json_path, load_manifest(path, verify=True))  # checksums checked, as in the text
         return
     if path.is_dir():
-        from vae_deploy.describe import describe_export
+        from vae_deploy.checks.describe import describe_export
 
         click.echo(describe_export(path))
         return
     if path.suffix == ".onnx":
-        from vae_deploy.describe import describe_onnx
+        from vae_deploy.checks.describe import describe_onnx
 
         click.echo(describe_onnx(path))
         return
-    from vae_deploy.checkpoint import load_checkpoint
+    from vae_deploy.training.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
     history = ckpt.meta.get("history")

@@ -24,9 +24,10 @@ from vae_deploy.cli.options import ROUNDS, THREADS, budget_options, friendly_err
 def tune(export_dir: Path, batch_sizes: tuple[int, ...] | None, max_error: float | None, fp32_only: bool,
          latent_shape: tuple[int, ...] | None, threads: int | None, rounds: int, tuning_file: Path | None) -> None:
     """Pick the fastest engine x precision that passes its accuracy gate on this machine."""
-    from vae_deploy.engines.tune import tune as run_tune
+    from vae_deploy.runtime import Runtime
+    from vae_deploy.runtime.engines.tune import tune as run_tune
 
-    rec = run_tune(export_dir, batch_sizes=batch_sizes, fp32_only=fp32_only, max_error=max_error, threads=threads,
+    rec = run_tune(export_dir, open_runtime=Runtime.load, batch_sizes=batch_sizes, fp32_only=fp32_only, max_error=max_error, threads=threads,
                    latent_shape=latent_shape, rounds=rounds, tuning_file=tuning_file,
                    log=lambda s: click.echo(s, err=True))
     for label, why in rec["excluded"].items():

@@ -58,7 +58,7 @@ def verify(export_dir: Path, checkpoint: Path | None, data: Path | None, batch_s
     Without torch (the lean install) the reference is ort-cpu on the fp32 graphs, and the
     report says so.
     """
-    from vae_deploy.verify import verify_export
+    from vae_deploy.checks.verify import verify_export
 
     if not to_stdout(json_path):
         check_writable(json_path, "--json")  # before the run, not after it

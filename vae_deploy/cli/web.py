@@ -25,7 +25,7 @@ def web(export_dir: Path, out: Path, ort_dist: Path | None, max_latent_side: int
 
     Serve it with any static server, e.g. `python -m http.server -d site` and open http://localhost:8000/.
     """
-    from vae_deploy.web import build_site
+    from vae_deploy.serving.web import build_site
 
     result = build_site(export_dir, out, ort_dist=ort_dist, max_latent_side=max_latent_side)
     c = result.contract

@@ -3,7 +3,7 @@
 Everything is written into a temporary sibling folder; only when every graph exported,
 passed ``onnx.checker`` and (unless ``verify=False``) matched the eager model does that
 folder replace ``out_dir``. Files in ``out_dir`` that its old manifest did not list (a tracked
-README, say) are carried over; writing.py says which folders may be a target.
+README, say) are carried over; output_folders.py says which folders may be a target.
 
 ``precisions`` adds variants beside the base fp32 graphs (``fp32-fast``, ``int8``,
 ``fp16``; see variants.py). Each is verified on its own; one that fails its tolerance is
@@ -20,22 +20,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
+from vae_deploy import output_folders as writing
+from vae_deploy.checks.plan import CasePlan, MemoBackend
 from vae_deploy.errors import ExportError
-from vae_deploy.exporters import writing
 from vae_deploy.exporters.finite import require_finite
 from vae_deploy.exporters.manifest import build_manifest, file_entry, write_manifest
 from vae_deploy.exporters.onnx import DEFAULT_OPSET, EXPORTER_NAME, check_opset, export_onnx
-from vae_deploy.exporters.spec import Exportable, ExportSpec
+from vae_deploy.exporters.spec import Exportable, ExportSpec  # noqa: F401 (re-exported)
 from vae_deploy.exporters.torchscript import TORCHSCRIPT_METHOD, export_torchscript
 from vae_deploy.exporters.variants import PRECISIONS, Variant, parse_precisions
-from vae_deploy.parity_plan import CasePlan, MemoBackend
+from vae_deploy.exporters.verification import verification_data
 from vae_deploy.progress import Progress
 
 if TYPE_CHECKING:
-    from vae_deploy.parity import Tolerance
+    from vae_deploy.checks.parity import Tolerance
 
 FORMATS = ("onnx", "torchscript")
 VERIFY_BATCH_SIZES = (1, 37)
@@ -56,36 +56,6 @@ class ExportResult:
         return [v for v in self.variants if v.status == "dropped"]
 
 
-def verification_data(spec: ExportSpec, example_x: torch.Tensor | None = None, n: int = 256) -> tuple[np.ndarray, str]:
-    """Real examples to check the encoder on: the training data's test split when known.
-
-    Otherwise (foreign models) the example input given to export/verify, topped up with
-    seeded uniform [0, 1) inputs of its shape to 8 examples (a foreign model's inputs are
-    often images, and parity cycles the examples to each batch size anyway)."""
-    if spec.data_spec:
-        from vae_deploy.data import dataset_from_spec
-
-        try:
-            ds = dataset_from_spec(spec.data_spec, bernoulli=spec.likelihood == "bernoulli")
-            s = spec.data_spec
-            return ds.test, f"test split of {s['name']!r} (seed {s['seed']}, fraction {s['test_fraction']})"
-        except Exception as e:  # the data may be gone on this machine: fall through, but say so
-            note = f" (training data unavailable: {e})"
-    else:
-        note = ""
-    from vae_deploy.parity import input_range, uniform_inputs
-
-    rng = np.random.default_rng(0)
-    span = "[{:g}, {:g})".format(*input_range(spec))  # the range the VAE takes: [-1, 1) for diffusers'
-    if spec.adapter and example_x is not None and example_x.ndim == len(spec.input_shape) + 1:
-        n = min(n, 8)
-        given = example_x.detach().to("cpu", torch.float32).numpy()[:n]
-        extra = uniform_inputs(rng, (n - len(given), *given.shape[1:]), spec)
-        return (np.concatenate([given, extra]),
-                f"the {len(given)} example inputs given, then seeded uniform {span} inputs of shape "
-                f"{list(given.shape[1:])}{note}")
-    shape = [d if d > 0 else 16 for d in spec.concrete_input_shape]
-    return uniform_inputs(rng, (n, *shape), spec), f"uniform {span} random inputs, seed 0{note}"
 
 
 def export(
@@ -112,7 +82,7 @@ def export(
     probed on ``example_input`` (see :mod:`vae_deploy.adapters`); ``likelihood`` and
     ``dynamic_spatial`` apply to such foreign modules. ``tolerance`` overrides the fp32
     tolerance of the export-time parity check. ``batch_sizes=None``: those of ``(1, 37)`` that
-    the model's cost affords (:func:`vae_deploy.parity_plan.plan_cases`; a Stable Diffusion
+    the model's cost affords (:func:`vae_deploy.checks.plan.plan_cases`; a Stable Diffusion
     VAE checks 1 and 3, with one-example edge cases).
 
     ``precisions``: which variants to write besides the base fp32 graphs, e.g.
@@ -133,7 +103,7 @@ def export(
     if len(precisions) > 1 and "onnx" not in formats:
         raise ExportError(f"precision variants {list(precisions[1:])} are ONNX files: add 'onnx' to the formats")
     out = Path(out_dir)
-    writing.check_target(out)  # before any long work: see writing.py for what may be a target
+    writing.check_target(out)  # before any long work: see output_folders.py for what may be a target
     if "onnx" in formats:
         check_opset(opset)
     with prog.stage("loading and probing the model"):
@@ -244,7 +214,7 @@ def _other_size(example: torch.Tensor, dims: dict[int, str]) -> torch.Tensor:
 
 def _plan(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: Sequence[int] | None) -> CasePlan:
     """The export-time parity cases: as given, or sized to the model's cost."""
-    from vae_deploy.parity_plan import graph_flops, plan_cases
+    from vae_deploy.checks.plan import graph_flops, plan_cases
 
     if batch_sizes is not None:
         return CasePlan(tuple(batch_sizes))
@@ -257,10 +227,10 @@ def _plan(exp: Exportable, folder: Path, formats: Sequence[str], batch_sizes: Se
 def _verify(exp: Exportable, folder: Path, formats: Sequence[str], plan: CasePlan,
             tolerance: Tolerance | None = None, prog: Progress | None = None) -> list[dict[str, Any]]:
     """Parity of every written graph against eager; raises ExportError on any failure."""
-    from vae_deploy.backends import TorchBackend
-    from vae_deploy.parity import compare_backends, format_report
-    from vae_deploy.parity_plan import demote_knife_edges, has_normalisation
-    from vae_deploy.runtime import Runtime
+    from vae_deploy.checks.parity import compare_backends, format_report
+    from vae_deploy.checks.plan import demote_knife_edges, has_normalisation
+    from vae_deploy.runtime.backends import TorchBackend
+    from vae_deploy.runtime.core import Runtime
 
     x_data, described = verification_data(exp.spec, exp.example_x)
     eager = MemoBackend(TorchBackend(exp.encoder, exp.decoder, exp.spec, name="eager"))  # once, not per candidate

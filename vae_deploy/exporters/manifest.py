@@ -17,7 +17,7 @@ from vae_deploy.artifacts import (  # noqa: F401 - re-exported: the loaders live
     spec_from_manifest,
     verify_files,
 )
-from vae_deploy.describe import describe_export  # noqa: F401 - moved: `info` runs without torch
+from vae_deploy.checks.describe import describe_export  # noqa: F401 - moved: `info` runs without torch
 
 
 def file_entry(path: Path, *, role: str, fmt: str, precision: str = "fp32", **extra: Any) -> dict[str, Any]:
@@ -50,6 +50,6 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> Path:
 
 
 def _library_versions() -> dict[str, str]:
-    from vae_deploy.checkpoint import library_versions
+    from vae_deploy.training.checkpoint import library_versions
 
     return library_versions()

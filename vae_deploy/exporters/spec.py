@@ -51,6 +51,6 @@ class Exportable:
     spec: ExportSpec
     example_x: torch.Tensor
     example_z: torch.Tensor
-    # The fp32 parity tolerance (a ``vae_deploy.parity.Tolerance``) when the default, sized for
+    # The fp32 parity tolerance (a ``vae_deploy.checks.parity.Tolerance``) when the default, sized for
     # this project's small models, is too tight for the architecture; None: the default.
     fp32_tolerance: Any = None

@@ -93,12 +93,12 @@ def calibration_inputs(exp: Exportable) -> tuple[dict[str, np.ndarray], str]:
     """Inputs for static int8 calibration: the checkpoint's training split for the encoder;
     for the decoder the encoder's posterior means of it plus seeded N(0, I) draws (sampling
     feeds N(0, I), reconstruction feeds means: both ranges must be covered)."""
-    from vae_deploy.exporters import verification_data
+    from vae_deploy.exporters.verification import verification_data
 
     spec = exp.spec
     x, described = None, ""
     if spec.data_spec:
-        from vae_deploy.data import dataset_from_spec
+        from vae_deploy.training.data import dataset_from_spec
 
         try:
             ds = dataset_from_spec(spec.data_spec, bernoulli=spec.likelihood == "bernoulli")
@@ -194,14 +194,14 @@ def verify_variant(
 ) -> tuple[dict[str, str], dict[str, Any], list[str]]:
     """Parity of a written variant; returns (files kept, last report, notes). A failing
     encoder alone is removed and the decoder re-verified with the fp32 encoder."""
-    from vae_deploy.backends import TorchBackend
-    from vae_deploy.parity import compare_backends
+    from vae_deploy.checks.parity import compare_backends
+    from vae_deploy.runtime.backends import TorchBackend
 
     eager = TorchBackend(exp.encoder, exp.decoder, exp.spec, name="eager")
     notes: list[str] = []
 
     def check(fs: dict[str, str]) -> dict[str, Any]:
-        from vae_deploy.runtime import Runtime
+        from vae_deploy.runtime.core import Runtime
 
         rt = Runtime(folder / fs.get("encoder", "encoder.onnx"), folder / fs["decoder"], exp.spec, provider="cpu")
         rt.name = f"ort-cpu-{precision}"

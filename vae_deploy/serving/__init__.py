@@ -1,0 +1,2 @@
+"""Serving: Triton repository and serve, the web page, batch jobs on Ray.
+"""

@@ -1,0 +1,2 @@
+"""Training: the model, data sources, the training loop and its logs, checkpoints.
+"""
