@@ -286,6 +286,7 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise AssertionError("serve did not become ready")
 
 
+@pytest.mark.slow  # a real server process started and stopped: about 18 s
 def test_cli_serve_stops_cleanly_on_ctrl_c(export_dir):
     http, grpc, metrics = free_ports(3)
     cmd = [sys.executable, "-m", "vae_deploy", "serve", str(export_dir), "--http-port", str(http),

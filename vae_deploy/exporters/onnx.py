@@ -21,6 +21,7 @@ from vae_deploy.contract import random_ops
 from vae_deploy.errors import ExportError
 from vae_deploy.exporters._exact_rewrites import exact_noop_rewrites
 from vae_deploy.exporters._quiet import quiet_torch
+from vae_deploy.exporters._registry_cache import cached_torchlib_registry
 
 EXPORTER_NAME = "torch.onnx.export(dynamo=True)"
 DEFAULT_OPSET = 18
@@ -57,7 +58,7 @@ def export_onnx(
     afterwards. As a last guard, an input axis that still came out fixed is refused.
     """
     dims = {axis: torch.export.Dim.DYNAMIC for axis in dynamic_dims}
-    with quiet_torch() as log, exact_noop_rewrites():
+    with quiet_torch() as log, exact_noop_rewrites(), cached_torchlib_registry():
         try:
             torch.onnx.export(
                 module.eval(),
