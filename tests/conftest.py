@@ -98,3 +98,15 @@ def spatial_toy_export(out: Path, channels: int, family: str = "toy") -> Path:
 
     torch.manual_seed(0)
     return export(SpatialToyVAE(channels).eval().exportable(family), out, formats=("onnx",), verify=False).out_dir
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """diffusers test modules run torch on one thread: the CI machine has 2 cores and the
+    exports beside them use both; results do not depend on it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,12 +28,7 @@ diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) i
 ATOL = 1e-4  # the deep-family fp32 bound (tolerance.tolerance_for("fp32", "diffusers.*"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_taesd() -> torch.nn.Module:

@@ -36,12 +36,7 @@ diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) i
 AKL_ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_akl(**overrides) -> nn.Module:

@@ -21,20 +21,12 @@ from vae_deploy.cli import main
 diffusers = pytest.importorskip("diffusers", reason="the byo extra (diffusers) is not installed")
 
 # One diffusers export per module (tracing the tiny AutoencoderKL) takes 10 s and more.
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 # diffusers' img2img ``retrieve_latents`` ("Copied from" it, in a module that needs no transformers).
 from diffusers.pipelines.ltx.pipeline_ltx_latent_upsample import retrieve_latents  # noqa: E402
 
 from vae_deploy.runtime.diffusers_vae import RuntimeAutoencoder  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_akl(latent_channels: int = 4, **overrides):

@@ -32,12 +32,7 @@ VAE_KW = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock
               latent_channels=4, norm_num_groups=4, sample_size=16)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_twice(pipe, vae, **kw):

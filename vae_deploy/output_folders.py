@@ -161,12 +161,18 @@ def carry_over(out: Path, tmp: Path) -> None:
         if p.name == MANIFEST or p.name in ours or (tmp / p.name).exists():
             continue
         try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.copytree(p, tmp / p.name, symlinks=True)
-            else:
-                shutil.copy2(p, tmp / p.name, follow_symlinks=False)
+            copy_entry(p, tmp)
         except OSError as e:
             raise ExportError(f"cannot carry {str(p)!r} over into the new export: {e}; nothing was changed") from None
+
+
+def copy_entry(p: Path, tmp: Path) -> None:
+    """Copy one entry of an old folder into its replacement as it is: a folder with its links, a
+    link as a link (never what it points to)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.copytree(p, tmp / p.name, symlinks=True)
+    else:
+        shutil.copy2(p, tmp / p.name, follow_symlinks=False)
 
 
 def _default_mode() -> int:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vae_deploy.errors import CheckpointError, ConfigError
+from vae_deploy.training.checkpoint import check_weights_file
 
 
 def load_factory(target: str) -> Callable[..., Any]:
@@ -53,7 +54,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"weights file {str(p)!r} does not exist")
-    _check_regular(p)
+    check_weights_file(p)
     if p.suffix == ".safetensors":
         return _load_safetensors(p)
     try:
@@ -162,14 +163,3 @@ def user_exportable(
                           f"(first axis {got})")
     return exp
 
-
-def _check_regular(p: Path) -> None:
-    """A regular file under the weights size limit (a FIFO would hang torch.load), as one
-    ``CheckpointError``."""
-    from vae_deploy.errors import InputError
-    from vae_deploy.files import check_user_file
-
-    try:
-        check_user_file(p, "weights")
-    except InputError as e:
-        raise CheckpointError(str(e)) from None

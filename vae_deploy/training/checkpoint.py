@@ -105,7 +105,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
-    _check_regular(p)
+    check_weights_file(p)
     if not zipfile.is_zipfile(p):
         raise CheckpointError(
             f"checkpoint {str(p)!r} is damaged, truncated or not a PyTorch file "
@@ -165,7 +165,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return ckpt
 
 
-def _check_regular(p: Path) -> None:
+def check_weights_file(p: Path) -> None:
     """A regular file under the weights size limit (a FIFO would hang torch.load), as one
     ``CheckpointError``."""
     from vae_deploy.errors import InputError

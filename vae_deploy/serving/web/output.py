@@ -15,7 +15,6 @@ be replaced, and a previous site's own file list for what is ours to replace.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +88,7 @@ def carry_over(out: Path, tmp: Path, writes: set[str]) -> None:
         if p.name in ours or (tmp / p.name).exists():
             continue
         try:
-            if p.is_dir() and not p.is_symlink():
-                shutil.copytree(p, tmp / p.name, symlinks=True)
-            else:
-                shutil.copy2(p, tmp / p.name, follow_symlinks=False)
+            output_folders.copy_entry(p, tmp)
         except OSError as e:
             raise SiteError(f"cannot carry {str(p)!r} over into the new site: {e}; nothing was changed") from None
 
