@@ -50,6 +50,7 @@ from vae_deploy.benchmarking.backends import (
     selected,
 )
 from vae_deploy.benchmarking.batcher import batcher_unavailable_reason, measure_batcher
+from vae_deploy.benchmarking.ceiling import measure_matmul_ceiling
 from vae_deploy.benchmarking.config import (
     BARE,
     BASE_BACKENDS,
@@ -93,7 +94,6 @@ from vae_deploy.checks.flops import (
     MAC_OPS,
     _count_macs,
     _shapes_by_running,
-    measure_matmul_ceiling,
     onnx_flops,
     torch_flops,
 )

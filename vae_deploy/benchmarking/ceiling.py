@@ -39,6 +39,27 @@ def _best_of(fn: Callable[[], Any], repeats: int) -> float:
     return best
 
 
+def measure_matmul_ceiling(size: int = 2048, repeats: int = 5, numpy_too: bool = True) -> dict[str, Any]:
+    """Best fp32 GFLOP/s of a square ``size`` matmul: torch.mm (at torch's thread count) and,
+    with ``numpy_too``, numpy's ``@`` (its BLAS's own thread count, which torch's setting does
+    not reach), best of ``repeats`` each after one warm-up."""
+    import torch
+
+    flops = 2.0 * size**3
+    out: dict[str, Any] = {"size": size, "repeats": repeats}
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand((size, size), generator=gen)
+    b = torch.rand((size, size), generator=gen)
+    an, bn = a.numpy(), b.numpy()
+    libs = [("torch.mm", lambda: torch.mm(a, b))]
+    if numpy_too:
+        libs.append(("numpy.matmul", lambda: an @ bn))
+    for name, fn in libs:
+        out[name] = flops / _best_of(fn, repeats) / 1e9
+    out["gflops"] = max(out[name] for name, _ in libs)
+    return out
+
+
 def _matmul_onnx(size: int, b: np.ndarray) -> bytes:
     """``Y = A @ B`` with B a constant initializer (as a layer's weights are: engines may
     pre-pack it), A a [size, size] float32 input."""

@@ -15,6 +15,7 @@ from vae_deploy.benchmarking.batcher import batcher_unavailable_reason, measure_
 from vae_deploy.benchmarking.ceiling import (
     ceilings_by_precision,
     gemm_ceilings,
+    measure_matmul_ceiling,
     row_precision,
     share_of_ceiling,
 )
@@ -34,7 +35,7 @@ from vae_deploy.benchmarking.overhead import profile_runtime_overhead
 from vae_deploy.benchmarking.sd import SD_NAME, sd_models, sd_unavailable_reason
 from vae_deploy.benchmarking.targets import evaluate_targets
 from vae_deploy.benchmarking.timing import CpuMonitor, measure_ab, paired_ratio, time_group
-from vae_deploy.checks.flops import measure_matmul_ceiling, onnx_flops
+from vae_deploy.checks.flops import onnx_flops
 from vae_deploy.errors import ConfigError
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,29 +149,3 @@ def torch_flops(module: Any, example: Any) -> float:
             h.remove()
     return 2.0 * total[0]
 
-
-def measure_matmul_ceiling(size: int = 2048, repeats: int = 5, numpy_too: bool = True) -> dict[str, Any]:
-    """Best fp32 GFLOP/s of a square ``size`` matmul: torch.mm (at torch's thread count) and,
-    with ``numpy_too``, numpy's ``@`` (its BLAS's own thread count, which torch's setting does
-    not reach), best of ``repeats`` each after one warm-up."""
-    import torch
-
-    flops = 2.0 * size**3
-    out: dict[str, Any] = {"size": size, "repeats": repeats}
-    gen = torch.Generator().manual_seed(0)
-    a = torch.rand((size, size), generator=gen)
-    b = torch.rand((size, size), generator=gen)
-    an, bn = a.numpy(), b.numpy()
-    libs = [("torch.mm", lambda: torch.mm(a, b))]
-    if numpy_too:
-        libs.append(("numpy.matmul", lambda: an @ bn))
-    for name, fn in libs:
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - t0)
-        out[name] = flops / best / 1e9
-    out["gflops"] = max(out[name] for name, _ in libs)
-    return out
